@@ -1,0 +1,4 @@
+//! Portcullis config.
+pub mod error;
+pub mod raw;
+pub mod source;

@@ -1,0 +1,204 @@
+//! What a route matches, as the config describes it, and the precedence between routes.
+
+use std::cmp::Ordering;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use crate::template::Template;
+
+/// How a route matches the request path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path, byte for byte.
+    Exact(String),
+    /// Paths starting with these bytes (`/api` also matches `/apix`, as in Envoy; end the prefix
+    /// with `/` to match whole segments only).
+    Prefix(String),
+    /// A template whose `{name}` segments match any one non-empty segment.
+    Template(Template),
+    /// A regex that must match the whole path.
+    Regex(Regex),
+}
+
+impl PathMatch {
+    /// 0 exact, 1 template, 2 prefix, 3 regex: the order of the contract's precedence rules.
+    pub(crate) fn class(&self) -> u8 {
+        match self {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Template(_) => 1,
+            PathMatch::Prefix(_) => 2,
+            PathMatch::Regex(_) => 3,
+        }
+    }
+
+    /// Within a class, larger is more specific.
+    pub(crate) fn specificity(&self) -> u32 {
+        match self {
+            PathMatch::Exact(_) | PathMatch::Regex(_) => 0,
+            PathMatch::Template(t) => t.specificity(),
+            PathMatch::Prefix(p) => p.len() as u32,
+        }
+    }
+
+    /// Builds an anchored regex path match.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        Regex::new(&format!("^(?:{pattern})$")).map(PathMatch::Regex)
+    }
+
+    /// Human-readable form for the admin API.
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Exact(p) => format!("path {p}"),
+            PathMatch::Prefix(p) => format!("path_prefix {p}"),
+            PathMatch::Template(t) => format!("path_template {}", t.source()),
+            PathMatch::Regex(r) => {
+                let s = r.as_str();
+                let inner = s
+                    .strip_prefix("^(?:")
+                    .and_then(|s| s.strip_suffix(")$"))
+                    .unwrap_or(s);
+                format!("path_regex {inner}")
+            }
+        }
+    }
+}
+
+/// A host condition: `api.example.com` or `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// Any host ending in `.` + this suffix (stored without the `*.`).
+    Wildcard(String),
+}
+
+impl HostMatch {
+    /// Parses `api.example.com` or `*.example.com`; lowercases.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        if let Some(rest) = s.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(format!("invalid wildcard host `{s}`"));
+            }
+            return Ok(HostMatch::Wildcard(rest.to_owned()));
+        }
+        if s.is_empty() || s.contains('*') || s.contains('/') || s.contains(' ') {
+            return Err(format!(
+                "invalid host `{s}`: use `name.example.com` or `*.example.com`"
+            ));
+        }
+        Ok(HostMatch::Exact(s))
+    }
+
+    pub(crate) fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+
+    /// Whether every host this one matches is also matched by `other`.
+    pub(crate) fn covered_by(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (_, HostMatch::Exact(o)) => matches!(self, HostMatch::Exact(s) if s == o),
+            (HostMatch::Exact(s), w @ HostMatch::Wildcard(_)) => w.matches(s),
+            (HostMatch::Wildcard(s), HostMatch::Wildcard(o)) => {
+                s == o || HostMatch::Wildcard(o.clone()).matches(s)
+            }
+        }
+    }
+
+    /// (class, specificity): exact beats wildcard, a longer wildcard suffix beats a shorter.
+    pub(crate) fn rank(&self) -> (u8, u32) {
+        match self {
+            HostMatch::Exact(_) => (0, 0),
+            HostMatch::Wildcard(s) => (1, u32::MAX - s.len() as u32),
+        }
+    }
+}
+
+/// Everything a route can match on; all given conditions must hold.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Hosts; any host when empty.
+    pub hosts: Vec<HostMatch>,
+    /// The path condition.
+    pub path: PathMatch,
+    /// Methods; any when empty.
+    pub methods: Vec<Method>,
+    /// Headers that must be present with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Query parameters that must be present with exactly this (decoded) value.
+    pub query: Vec<(String, String)>,
+    /// Overrides precedence: higher wins.
+    pub priority: i32,
+}
+
+impl RouteSpec {
+    /// A spec matching every request with the given path condition.
+    pub fn new(path: PathMatch) -> Self {
+        Self {
+            hosts: Vec::new(),
+            path,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            query: Vec::new(),
+            priority: 0,
+        }
+    }
+
+    pub(crate) fn condition_count(&self) -> u32 {
+        u32::from(!self.methods.is_empty()) + self.headers.len() as u32 + self.query.len() as u32
+    }
+
+    /// The rank of this route when reached through a host condition of class `host`.
+    pub(crate) fn rank(&self, host: (u8, u32), order: u32) -> Rank {
+        Rank {
+            priority: -(self.priority as i64),
+            path_class: self.path.class(),
+            path_spec: u32::MAX - self.path.specificity(),
+            host_class: host.0,
+            host_spec: host.1,
+            conditions: u32::MAX - self.condition_count(),
+            order,
+        }
+    }
+
+    /// Rank with no host condition.
+    pub(crate) fn any_host_rank(&self, order: u32) -> Rank {
+        self.rank((2, 0), order)
+    }
+
+    /// The best and the worst rank this route can have over its host conditions.
+    pub(crate) fn rank_bounds(&self, order: u32) -> (Rank, Rank) {
+        if self.hosts.is_empty() {
+            let r = self.any_host_rank(order);
+            return (r, r);
+        }
+        let mut ranks = self.hosts.iter().map(|h| self.rank(h.rank(), order));
+        let first = ranks.next().unwrap_or_else(|| self.any_host_rank(order));
+        ranks.fold((first, first), |(lo, hi), r| (lo.min(r), hi.max(r)))
+    }
+}
+
+/// Total order of routes for one request: lower wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Rank {
+    priority: i64,
+    path_class: u8,
+    path_spec: u32,
+    host_class: u8,
+    host_spec: u32,
+    conditions: u32,
+    order: u32,
+}
+
+/// Compares route specs by precedence for one host class (used to list routes in order).
+pub(crate) fn precedence(a: &RouteSpec, ai: u32, b: &RouteSpec, bi: u32) -> Ordering {
+    a.rank_bounds(ai).0.cmp(&b.rank_bounds(bi).0)
+}
