@@ -73,7 +73,10 @@ fn all_problems_are_reported_at_once() {
     ));
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e.iter().any(|m| m.contains("unknown upstream `nowhere`")));
-    assert!(e.iter().any(|m| m.contains("route name `a` is already used")));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("route name `a` is already used"))
+    );
     assert!(e.iter().any(|m| m.contains("invalid path template")));
 }
 
@@ -100,14 +103,22 @@ fn lint_policies() {
     .unwrap();
     let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w.iter().any(|m| m.contains("warning[insecure-upstream-tls]")));
+    assert!(
+        w.iter()
+            .any(|m| m.contains("warning[insecure-upstream-tls]"))
+    );
     assert!(w.iter().any(|m| m.contains("warning[auth-without-host]")));
 }
 
 #[test]
 fn env_interpolation_errors_are_placed() {
-    let e = errors(&format!("{BASE}admin:\n  address: 127.0.0.1:1\n  token: ${{MISSING}}\n"));
-    assert_eq!(e[0], "gw.yaml:5:10: admin.token: environment variable `MISSING` is not set");
+    let e = errors(&format!(
+        "{BASE}admin:\n  address: 127.0.0.1:1\n  token: ${{MISSING}}\n"
+    ));
+    assert_eq!(
+        e[0],
+        "gw.yaml:5:10: admin.token: environment variable `MISSING` is not set"
+    );
 }
 
 #[test]

@@ -63,7 +63,9 @@ impl<'a> Validator<'a> {
             Err(_) => {
                 self.err(
                     path,
-                    format!("invalid duration `{s}`: write a number and a unit, e.g. 250ms, 2s, 1m"),
+                    format!(
+                        "invalid duration `{s}`: write a number and a unit, e.g. 250ms, 2s, 1m"
+                    ),
                 );
                 None
             }
@@ -270,7 +272,9 @@ impl<'a> Validator<'a> {
         let d = Limits::default();
         let Some(r) = raw else { return d };
         let lp = format!("{p}.limits");
-        let max_header_bytes = r.max_header_bytes.map_or(d.max_header_bytes, |v| v as usize);
+        let max_header_bytes = r
+            .max_header_bytes
+            .map_or(d.max_header_bytes, |v| v as usize);
         if max_header_bytes < 1024 {
             self.err(
                 format!("{lp}.max_header_bytes"),
@@ -549,7 +553,11 @@ impl<'a> Validator<'a> {
             }
         }
         if on.is_empty() {
-            on = vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::RefusedStream];
+            on = vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::RefusedStream,
+            ];
         }
         let b = r.backoff.clone().unwrap_or_default();
         let attempts = r.attempts.unwrap_or(2);
@@ -577,7 +585,8 @@ impl<'a> Validator<'a> {
                 Duration::from_secs(1),
             ),
             budget_percent,
-            per_try_timeout: self.opt_duration(&format!("{rp}.per_try_timeout"), &r.per_try_timeout),
+            per_try_timeout: self
+                .opt_duration(&format!("{rp}.per_try_timeout"), &r.per_try_timeout),
             max_replay_body_bytes: r.max_replay_body_bytes.unwrap_or(64 * 1024),
         }
     }
@@ -593,11 +602,7 @@ impl<'a> Validator<'a> {
         }
         CircuitBreaker {
             failure_rate,
-            window: self.duration(
-                &format!("{bp}.window"),
-                &b.window,
-                Duration::from_secs(60),
-            ),
+            window: self.duration(&format!("{bp}.window"), &b.window, Duration::from_secs(60)),
             min_requests: b.min_requests.unwrap_or(20).max(1),
             open_for: self.duration(
                 &format!("{bp}.open_for"),
@@ -631,7 +636,8 @@ impl<'a> Validator<'a> {
             let spec = self.route_spec(&p, r);
             let action = self.action(&p, r, upstreams);
             let rewrite = self.rewrite(&p, r.rewrite.as_ref());
-            let request_headers = self.header_ops(&format!("{p}.request_headers"), &r.request_headers);
+            let request_headers =
+                self.header_ops(&format!("{p}.request_headers"), &r.request_headers);
             let response_headers =
                 self.header_ops(&format!("{p}.response_headers"), &r.response_headers);
             let timeout = self.opt_duration(&format!("{p}.timeout"), &r.timeout);
@@ -934,9 +940,8 @@ impl<'a> Validator<'a> {
 
     /// Lint: routes that can never match.
     pub(crate) fn shadowed(&mut self, routes: &[Route]) {
-        let table = portcullis_router::Router::new(
-            routes.iter().map(|r| (r.spec.clone(), ())).collect(),
-        );
+        let table =
+            portcullis_router::Router::new(routes.iter().map(|r| (r.spec.clone(), ())).collect());
         for s in table.shadowed() {
             self.lint(
                 Severity::Error,
