@@ -54,8 +54,7 @@ pub fn parse(text: &str, env: EnvLookup<'_>) -> Result<(Value, SourceMap), Vec<C
     let mut events = Parser::new_from_str(text).peekable();
     let mut root = Value::Null;
     let mut seen_doc = false;
-    loop {
-        let Some(next) = events.next() else { break };
+    while let Some(next) = events.next() {
         match next {
             Err(e) => {
                 let m = e.marker();

@@ -1,1 +1,157 @@
-//! stub
+//! The plugin pipeline of Portcullis: the [`Plugin`] trait, the per-request [`RequestCtx`], and
+//! the built-in plugins, one module each.
+//!
+//! A plugin overrides only the phases it needs; all have no-op defaults:
+//!
+//! 1. [`Plugin::on_request`] — the client's request head, after routing, before anything is
+//!    sent upstream (authentication, rate limits, IP rules). May answer the request itself.
+//! 2. [`Plugin::on_upstream_request`] — the request about to be forwarded, after rewrites
+//!    (add headers derived from auth, etc.). May answer the request itself.
+//! 3. [`Plugin::on_response`] — the response head on its way to the client.
+//!
+//! Plugins run in a defined order: by [`PluginSpec::priority`] (higher first), like Kong. A
+//! phase that needs I/O returns [`Step::Pending`] with a future; one that does not returns
+//! [`Step::Done`] and costs no allocation.
+//!
+//! Adding a plugin means adding a module with its config struct and one line to [`REGISTRY`].
+
+#![warn(missing_docs)]
+
+pub mod builtin;
+mod ctx;
+mod reply;
+pub mod request_termination;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use ctx::RequestCtx;
+pub use reply::Reply;
+
+/// What a phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next plugin and then the upstream.
+    Continue,
+    /// Answer the client with this and stop.
+    Respond(Reply),
+}
+
+/// A phase's result: decided now, or a future to await (for plugins doing I/O).
+pub enum Step<'a> {
+    /// Decided without waiting.
+    Done(Flow),
+    /// Await this to get the decision.
+    Pending(Pin<Box<dyn Future<Output = Flow> + Send + 'a>>),
+}
+
+impl Step<'_> {
+    /// Continue without waiting.
+    pub const CONTINUE: Step<'static> = Step::Done(Flow::Continue);
+
+    /// Resolves the step.
+    pub async fn resolve(self) -> Flow {
+        match self {
+            Step::Done(f) => f,
+            Step::Pending(fut) => fut.await,
+        }
+    }
+}
+
+/// A request-processing plugin. One instance serves every request of the routes it is
+/// configured on, concurrently; per-request state lives in [`RequestCtx`].
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's config name.
+    fn name(&self) -> &'static str;
+
+    /// Client request head, after routing. May answer the request.
+    fn on_request<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx,
+        _req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
+        Step::CONTINUE
+    }
+
+    /// Request head about to be sent upstream, after rewrites. May answer the request.
+    fn on_upstream_request<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx,
+        _req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
+        Step::CONTINUE
+    }
+
+    /// Response head on its way to the client (also for responses the gateway made).
+    fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut http::response::Parts) {}
+}
+
+/// A plugin config was rejected; `path` is relative to the plugin's config entry.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PluginConfigError {
+    /// Field path inside the plugin's config (empty for the whole entry).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl PluginConfigError {
+    /// An error about the whole plugin entry.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            path: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes a plugin's config struct, keeping the path of a bad field.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+) -> Result<T, PluginConfigError> {
+    let v = if v.is_null() {
+        &serde_json::Value::Object(Default::default())
+    } else {
+        v
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        PluginConfigError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Builds a plugin instance from its config.
+pub type Factory = fn(&serde_json::Value) -> Result<Arc<dyn Plugin>, PluginConfigError>;
+
+/// A plugin known to the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginSpec {
+    /// Config name.
+    pub name: &'static str,
+    /// Run order: higher runs first in every phase.
+    pub priority: i32,
+    /// Constructor.
+    pub build: Factory,
+}
+
+/// Every plugin the gateway knows, by config name.
+pub static REGISTRY: &[PluginSpec] = &[PluginSpec {
+    name: "request_termination",
+    priority: 2,
+    build: request_termination::build,
+}];
+
+/// Looks a plugin up by name.
+pub fn find(name: &str) -> Option<&'static PluginSpec> {
+    REGISTRY.iter().find(|p| p.name == name)
+}
+
+/// Names of all known plugins (for error messages).
+pub fn known_names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|p| p.name).collect()
+}

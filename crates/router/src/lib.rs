@@ -111,15 +111,12 @@ impl<T> Router<T> {
             }
         }
 
-        let regex = match regex_best {
-            Some(best_rank) => Some(RegexRoutes {
-                // Patterns were compiled individually already; the set only fails on size.
-                set: RegexSet::new(&regex_patterns).unwrap_or_else(|_| RegexSet::empty()),
-                routes: regex_routes,
-                best_rank,
-            }),
-            None => None,
-        };
+        let regex = regex_best.map(|best_rank| RegexRoutes {
+            // Patterns were compiled individually already; the set only fails on size.
+            set: RegexSet::new(&regex_patterns).unwrap_or_else(|_| RegexSet::empty()),
+            routes: regex_routes,
+            best_rank,
+        });
 
         let mut order: Vec<usize> = (0..specs.len()).collect();
         order.sort_by(|&a, &b| spec::precedence(&specs[a], a as u32, &specs[b], b as u32));

@@ -221,11 +221,8 @@ fn shadowed_routes_are_found() {
 #[test]
 fn ten_thousand_routes_stay_correct() {
     let mut routes = Vec::new();
-    let mut names = Vec::new();
-    for i in 0..10_000 {
-        names.push(format!("r{i}"));
-    }
-    for i in 0..10_000 {
+    let names: Vec<String> = (0..10_000).map(|i| format!("r{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
         let p = match i % 3 {
             0 => exact(&format!("/svc{i}/items")),
             1 => prefix(&format!("/svc{i}/")),
@@ -235,7 +232,7 @@ fn ten_thousand_routes_stay_correct() {
         if i % 7 == 0 {
             s.hosts = vec![HostMatch::parse(&format!("h{i}.example.com")).unwrap()];
         }
-        routes.push((s, names[i].as_str()));
+        routes.push((s, name.as_str()));
     }
     let r: Router<&str> = Router::new(routes);
     let look = |host: Option<&str>, path: &str| {

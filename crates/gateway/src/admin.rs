@@ -1,0 +1,223 @@
+//! The admin API: health, readiness, metrics, the running config, routes, upstreams, reload.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::control::{Control, unix_seconds};
+use crate::snapshot::RouteAction;
+
+/// Builds the admin router.
+pub fn router(control: Arc<Control>) -> Router {
+    let admin = Router::new()
+        .route("/admin/config", get(config))
+        .route("/admin/routes", get(routes))
+        .route("/admin/upstreams", get(upstreams))
+        .route("/admin/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(
+            control.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json200(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .with_state(control)
+}
+
+struct Json200(Value);
+
+impl IntoResponse for Json200 {
+    fn into_response(self) -> Response {
+        json_response(StatusCode::OK, &self.0)
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut r = (status, serde_json::to_string_pretty(v).unwrap_or_default()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"status": status.as_u16(), "code": code, "message": message, "request_id": ""}}),
+    )
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(c): State<Arc<Control>>, req: Request, next: Next) -> Response {
+    let snap = c.shared.snapshot.load();
+    if let Some(token) = &snap.config.admin.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+            );
+            return r;
+        }
+    }
+    drop(snap);
+    next.run(req).await
+}
+
+async fn readyz(State(c): State<Arc<Control>>) -> Response {
+    if c.shared.ready.load(Ordering::Acquire) {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not ready"}),
+        )
+    }
+}
+
+async fn metrics(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let body = c.shared.metrics.render(&snap);
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn config(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let cfg = &snap.config;
+    Json200(json!({
+        "hash": cfg.hash,
+        "loaded_at": unix_seconds(snap.loaded_at),
+        "source": cfg.file.as_ref().map(|f| f.display().to_string()),
+        "listeners": c.addresses().await,
+        "config": cfg.redacted,
+    }))
+    .into_response()
+}
+
+async fn routes(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let list: Vec<Value> = snap
+        .router
+        .precedence_order()
+        .iter()
+        .map(|&i| {
+            let spec = &snap.router.specs()[i];
+            let rt = &snap.routes[i];
+            let action = match &rt.action {
+                RouteAction::Upstream(u) => json!({"upstream": snap.upstreams[*u].name()}),
+                RouteAction::Split(legs, _) => {
+                    let mut prev = 0;
+                    json!({"split": legs.iter().map(|(u, acc)| {
+                        let w = acc - prev;
+                        prev = *acc;
+                        json!({"upstream": snap.upstreams[*u].name(), "weight": w})
+                    }).collect::<Vec<_>>()})
+                }
+                RouteAction::Direct(d) => json!({"direct_response": {"status": d.status.as_u16()}}),
+            };
+            json!({
+                "name": &*rt.name,
+                "priority": spec.priority,
+                "hosts": spec.hosts.iter().map(|h| match h {
+                    portcullis_router::HostMatch::Exact(e) => e.clone(),
+                    portcullis_router::HostMatch::Wildcard(w) => format!("*.{w}"),
+                }).collect::<Vec<_>>(),
+                "path": spec.path.describe(),
+                "methods": spec.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "headers": spec.headers.iter().map(|(n, v)| json!({"name": n.as_str(), "value": v.to_str().unwrap_or("")})).collect::<Vec<_>>(),
+                "query": spec.query.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+                "action": action,
+                "plugins": rt.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json200(Value::Array(list)).into_response()
+}
+
+async fn upstreams(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let list: Vec<Value> = snap
+        .upstreams
+        .iter()
+        .zip(&snap.config.upstreams)
+        .map(|(u, cfg)| {
+            json!({
+                "name": u.name(),
+                "protocol": format!("{:?}", cfg.protocol).to_lowercase(),
+                "load_balancer": format!("{:?}", u.config().policy),
+                "targets": u.targets().iter().map(|t| {
+                    let s = &t.stats;
+                    json!({
+                        "address": &*t.authority,
+                        "weight": t.weight,
+                        "health": "unknown",
+                        "circuit": "closed",
+                        "negotiated": t.negotiated(),
+                        "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "requests": s.requests.load(Ordering::Relaxed),
+                        "pool": {
+                            "idle": t.idle_connections(),
+                            "open": s.open_connections.load(Ordering::Relaxed),
+                            "connects": s.connects.load(Ordering::Relaxed),
+                            "reused": s.reused.load(Ordering::Relaxed),
+                        },
+                        "errors": s.errors().filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| (k.reason().to_string(), json!(n)))
+                            .collect::<serde_json::Map<String, Value>>(),
+                    })
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json200(Value::Array(list)).into_response()
+}
+
+async fn reload(State(c): State<Arc<Control>>) -> Response {
+    match c.reload("admin API").await {
+        Ok(hash) => Json200(json!({"status": "reloaded", "hash": hash})).into_response(),
+        Err(refused) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": {
+                    "status": 400,
+                    "code": "invalid_config",
+                    "message": "the new config was refused; the previous one keeps serving",
+                    "request_id": "",
+                },
+                "problems": refused.0,
+            }),
+        ),
+    }
+}

@@ -1,0 +1,528 @@
+//! The request pipeline: checks, routing, plugins, rewrites, forwarding headers, the upstream
+//! call, and the response on its way back.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use portcullis_client::{Error as ClientError, ErrorKind, hash_key};
+use portcullis_config::{HashKey, Rewrite};
+use portcullis_plugins::{Flow, Reply, RequestCtx};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::body::{BodyTooLarge, ReqBody, RespBody};
+use crate::errors::{GatewayError, render};
+use crate::snapshot::{RouteAction, RouteRuntime, Snapshot};
+use crate::state::ConnInfo;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_REQUEST_ID: &HeaderName = &portcullis_plugins::builtin::X_REQUEST_ID;
+
+/// Handles one request from a client connection. Never fails: every error is a response.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<RespBody>, Infallible> {
+    conn.state.calls.fetch_add(1, Ordering::Relaxed);
+    conn.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    if req.version() == Version::HTTP_2 {
+        conn.state.h2.store(true, Ordering::Relaxed);
+    }
+    let start = Instant::now();
+    let snap = conn.shared.snapshot.load_full();
+    let (resp, route) = serve(req, &conn, &snap).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    match route {
+        Some(i) => snap.routes[i]
+            .metrics
+            .record(resp.status().as_u16(), elapsed),
+        None => snap.no_route.record(resp.status().as_u16(), elapsed),
+    }
+    conn.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    Ok(resp)
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+) -> (Response<RespBody>, Option<usize>) {
+    let (mut parts, body) = req.into_parts();
+    let rid = request_id(&parts.headers);
+    let limits = &conn.listener.limits;
+
+    if let Err(e) = check_request(&parts, limits.max_header_bytes, limits.max_body_bytes) {
+        return (render(&e, &rid), None);
+    }
+    let client_ip = client_ip(
+        conn.peer.ip(),
+        &parts.headers,
+        &conn.listener.trusted_proxies,
+    );
+    let host = request_host(&parts);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let hit = snap.router.lookup(&portcullis_router::Request {
+        host: host_str,
+        path: parts.uri.path(),
+        method: &parts.method,
+        headers: &parts.headers,
+        query: parts.uri.query(),
+    });
+    let Some(hit) = hit else {
+        let e = GatewayError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no route for {} {}", parts.method, parts.uri.path()),
+        );
+        return (render(&e, &rid), None);
+    };
+    let idx = *hit.value;
+    let route = &snap.routes[idx];
+    let mut ctx = RequestCtx::new(rid, client_ip, conn.listener.name.clone());
+    ctx.route = route.name.clone();
+
+    for p in &route.plugins {
+        if let Flow::Respond(reply) = p.on_request(&mut ctx, &mut parts).resolve().await {
+            return (respond_reply(reply, route, &mut ctx), Some(idx));
+        }
+    }
+
+    let up_idx = match &route.action {
+        RouteAction::Direct(d) => {
+            let mut resp = Response::new(RespBody::full(d.body.clone()));
+            *resp.status_mut() = d.status;
+            for (n, v) in &d.headers {
+                resp.headers_mut().append(n.clone(), v.clone());
+            }
+            return (response_phase(resp, route, &mut ctx), Some(idx));
+        }
+        RouteAction::Upstream(i) => *i,
+        RouteAction::Split(legs, total) => {
+            let r = fastrand::u64(..(*total).max(1));
+            let at = legs.partition_point(|(_, acc)| *acc <= r);
+            legs[at.min(legs.len() - 1)].0
+        }
+    };
+    let upstream = &snap.upstreams[up_idx];
+
+    let websocket = is_websocket(&parts);
+    let client_upgrade = if websocket {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    parts.extensions = http::Extensions::new();
+    set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        &conn.listener.trusted_proxies,
+        conn.tls,
+        host.as_ref(),
+    );
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    if !route.rewrite.is_empty() {
+        rewrite(&mut parts, &route.rewrite);
+    }
+    for p in &route.plugins {
+        if let Flow::Respond(reply) = p.on_upstream_request(&mut ctx, &mut parts).resolve().await {
+            return (respond_reply(reply, route, &mut ctx), Some(idx));
+        }
+    }
+    let key = snap.hash_keys[up_idx]
+        .as_ref()
+        .map(|k| request_hash(k, &parts, client_ip));
+    let body = if websocket {
+        ReqBody::Empty
+    } else {
+        ReqBody::limited(body, limits.max_body_bytes)
+    };
+    let req = Request::from_parts(parts, body);
+    let send = upstream.send(req, key);
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::new(ErrorKind::DeadlineExceeded).with_timeout(t)),
+        },
+        None => send.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let ge = if let Some(b) = e.find_source::<BodyTooLarge>() {
+                GatewayError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body larger than {} bytes", b.limit),
+                )
+            } else {
+                warn!(
+                    request_id = ctx.request_id.to_str().unwrap_or(""),
+                    route = %route.name,
+                    upstream = upstream.name(),
+                    target = e.target().unwrap_or("-"),
+                    reason = e.kind().reason(),
+                    error = %e,
+                    "upstream call failed"
+                );
+                GatewayError::from_upstream(e.kind())
+            };
+            let resp = render(&ge, &ctx.request_id);
+            return (response_phase(resp, route, &mut ctx), Some(idx));
+        }
+    };
+    let switched = websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        match client_upgrade {
+            Some(client) => {
+                let upstream_io = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client, upstream_io));
+            }
+            None => debug!("upstream switched protocols but the client connection cannot"),
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), switched);
+    let resp = resp.map(RespBody::upstream);
+    (response_phase(resp, route, &mut ctx), Some(idx))
+}
+
+/// Runs the response phase of the route's plugins and adds headers plugins queued.
+fn response_phase(
+    resp: Response<RespBody>,
+    route: &RouteRuntime,
+    ctx: &mut RequestCtx,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    for p in &route.plugins {
+        p.on_response(ctx, &mut parts);
+    }
+    for (n, v) in ctx.response_headers.drain(..) {
+        parts.headers.append(n, v);
+    }
+    Response::from_parts(parts, body)
+}
+
+fn respond_reply(reply: Reply, route: &RouteRuntime, ctx: &mut RequestCtx) -> Response<RespBody> {
+    let resp = match reply {
+        Reply::Error {
+            status,
+            code,
+            message,
+            headers,
+        } => {
+            let mut r = render(&GatewayError::new(status, code, message), &ctx.request_id);
+            for (n, v) in headers {
+                r.headers_mut().append(n, v);
+            }
+            r
+        }
+        Reply::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let mut r = Response::new(RespBody::full(body));
+            *r.status_mut() = status;
+            for (n, v) in headers {
+                r.headers_mut().append(n, v);
+            }
+            r
+        }
+    };
+    response_phase(resp, route, ctx)
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(error = %e, "tunnel closed");
+    }
+}
+
+/// Rejects what must never be forwarded: ambiguous framing, oversized heads and bodies.
+fn check_request(
+    parts: &http::request::Parts,
+    max_header_bytes: usize,
+    max_body_bytes: u64,
+) -> Result<(), GatewayError> {
+    let h = &parts.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(GatewayError::bad_request(
+            "both Content-Length and Transfer-Encoding: ambiguous framing is refused",
+        ));
+    }
+    let mut cl_values = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = cl_values.next() {
+        if cl_values.any(|v| v != first) {
+            return Err(GatewayError::bad_request(
+                "differing Content-Length headers",
+            ));
+        }
+        let len = first
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| GatewayError::bad_request("invalid Content-Length"))?;
+        if len > max_body_bytes {
+            return Err(GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body larger than {max_body_bytes} bytes"),
+            ));
+        }
+    }
+    let uri_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    let mut size = parts.method.as_str().len() + uri_len + 12;
+    for (n, v) in h {
+        size += n.as_str().len() + v.len() + 4;
+    }
+    if size > max_header_bytes {
+        return Err(GatewayError::new(
+            StatusCode::from_u16(431).unwrap_or(StatusCode::BAD_REQUEST),
+            "headers_too_large",
+            format!("request headers larger than {max_header_bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps a sane client `X-Request-ID` (1-128 of `[A-Za-z0-9._:/+=-]`), else makes one.
+fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:/+=-".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let r = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((r >> (i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The Host the client asked for: `Host` header, else the URI authority (HTTP/2).
+fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The real client: the peer, or for a trusted peer the right-most untrusted address of
+/// `X-Forwarded-For`.
+fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    for v in h.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(s) = v.to_str() else { break };
+        for part in s.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip, trusted) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host: appended to for trusted peers, replaced otherwise.
+fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[IpNet],
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    let trusted_peer = !trusted.is_empty() && is_trusted(peer, trusted);
+    let peer_s = peer.to_string();
+    let xff = if trusted_peer && h.contains_key(&X_FORWARDED_FOR) {
+        let mut joined = String::new();
+        for v in h.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                if !joined.is_empty() {
+                    joined.push_str(", ");
+                }
+                joined.push_str(s);
+            }
+        }
+        joined.push_str(", ");
+        joined.push_str(&peer_s);
+        joined
+    } else {
+        peer_s
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if tls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(trusted_peer && h.contains_key(&X_FORWARDED_HOST))
+        && let Some(v) = host
+    {
+        h.insert(X_FORWARDED_HOST.clone(), v.clone());
+    }
+}
+
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// An HTTP/1.1 WebSocket upgrade request.
+fn is_websocket(parts: &http::request::Parts) -> bool {
+    parts.method == Method::GET
+        && parts.version == Version::HTTP_11
+        && parts
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| has_token(v, "websocket"))
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`. `TE: trailers` stays
+/// (gRPC needs it end to end, as in Envoy); an upgrade keeps `Connection: upgrade`/`Upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+        if keep_upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::TRAILER);
+    if !keep_upgrade {
+        h.remove(header::UPGRADE);
+    }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+/// Applies `strip_prefix` then `path_regex` to the path, and the Host rewrite.
+fn rewrite(parts: &mut http::request::Parts, rw: &Rewrite) {
+    let path = parts.uri.path();
+    let mut new_path: Option<String> = None;
+    if let Some(prefix) = &rw.strip_prefix
+        && let Some(rest) = path.strip_prefix(prefix.as_str())
+    {
+        new_path = Some(if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        });
+    }
+    if let Some((re, replacement)) = &rw.path_regex {
+        let current = new_path.as_deref().unwrap_or(path);
+        if re.is_match(current) {
+            new_path = Some(re.replace(current, replacement.as_str()).into_owned());
+        }
+    }
+    if let Some(p) = new_path {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+        if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+            parts.uri = uri;
+        }
+    }
+    if let Some(h) = &rw.host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+}
+
+/// The consistent-hash key of a request.
+fn request_hash(key: &HashKey, parts: &http::request::Parts, client: IpAddr) -> u64 {
+    match key {
+        HashKey::Header(n) => parts.headers.get(n).map_or(0, |v| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| hash_key(v.as_bytes()))
+            })
+            .unwrap_or(0),
+        HashKey::Query(name) => parts
+            .uri
+            .query()
+            .and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then(|| hash_key(v.as_bytes()))
+                })
+            })
+            .unwrap_or(0),
+        HashKey::ClientIp => match client {
+            IpAddr::V4(a) => hash_key(&a.octets()),
+            IpAddr::V6(a) => hash_key(&a.octets()),
+        },
+        HashKey::Path => hash_key(parts.uri.path().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

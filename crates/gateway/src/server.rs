@@ -1,0 +1,400 @@
+//! Client-facing listeners: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2 (ALPN or h2c
+//! prior knowledge) on one port, connection limits, slow-client and idle timeouts, draining.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::snapshot::ListenerRuntime;
+use crate::state::{ConnInfo, ConnState, Shared};
+
+/// A bound listener and the switch that stops its accept loop.
+struct Running {
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// The set of running listeners, kept in step with the config across reloads.
+#[derive(Default)]
+pub struct Listeners {
+    running: HashMap<String, Running>,
+}
+
+/// Sockets bound for a new config, not yet serving.
+pub struct Prepared {
+    bound: Vec<(String, SocketAddr, TcpListener)>,
+}
+
+impl Listeners {
+    /// Binds the listeners of `wanted` that are new or moved. Nothing changes on failure, so a
+    /// reload whose address cannot be bound is refused as a whole.
+    pub async fn prepare(&self, wanted: &[(String, SocketAddr)]) -> io::Result<Prepared> {
+        let mut bound = Vec::new();
+        for (name, addr) in wanted {
+            if self
+                .running
+                .get(name)
+                .is_some_and(|r| r.configured == *addr)
+            {
+                continue;
+            }
+            let l = bind(*addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listener `{name}` cannot bind {addr}: {e}"),
+                )
+            })?;
+            bound.push((name.clone(), *addr, l));
+        }
+        Ok(Prepared { bound })
+    }
+
+    /// Starts the prepared listeners and stops those not in `wanted` (or moved). Stopped
+    /// listeners close their socket; their open connections finish normally.
+    pub fn commit(
+        &mut self,
+        prepared: Prepared,
+        wanted: &[(String, SocketAddr)],
+        shared: &Arc<Shared>,
+    ) {
+        for (name, configured, listener) in prepared.bound {
+            let local = listener.local_addr().unwrap_or(configured);
+            let (stop, stop_rx) = watch::channel(false);
+            if let Some(old) = self.running.remove(&name) {
+                let _ = old.stop.send(true);
+            }
+            info!(listener = %name, address = %local, "listening");
+            tokio::spawn(accept_loop(listener, name.clone(), shared.clone(), stop_rx));
+            self.running.insert(
+                name,
+                Running {
+                    configured,
+                    local,
+                    stop,
+                },
+            );
+        }
+        let keep: Vec<&String> = wanted.iter().map(|(n, _)| n).collect();
+        self.running.retain(|name, r| {
+            let stays = keep.contains(&name);
+            if !stays {
+                info!(listener = %name, "listener removed");
+                let _ = r.stop.send(true);
+            }
+            stays
+        });
+    }
+
+    /// Bound addresses by listener name.
+    pub fn addresses(&self) -> HashMap<String, SocketAddr> {
+        self.running
+            .iter()
+            .map(|(n, r)| (n.clone(), r.local))
+            .collect()
+    }
+
+    /// Stops every accept loop.
+    pub fn stop_all(&mut self) {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        self.running.clear();
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = shared
+        .snapshot
+        .load()
+        .listeners
+        .get(&name)
+        .and_then(|l| l.limits.max_connections);
+    let permits = limit.map(|n| Arc::new(Semaphore::new(n)));
+    let accepted = shared.metrics.connections.with_label_values(&[&name]);
+    let open = shared.metrics.open_gauge(&name);
+    loop {
+        // At the connection limit, stop accepting: new clients wait in the kernel backlog.
+        let permit = match &permits {
+            Some(p) => tokio::select! {
+                p = p.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
+                _ = stop.changed() => return,
+            },
+            None => None,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let Some(rt) = shared.snapshot.load().listeners.get(&name).cloned() else {
+            return;
+        };
+        accepted.inc();
+        let shared = shared.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            open.inc();
+            let _drain = shared.enter();
+            serve_conn(stream, peer, rt, shared).await;
+            open.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = rt.limits.clone();
+    let (io, h2_only, tls) = match &rt.tls {
+        None => (ServerIo::Plain(stream), None, false),
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                    (ServerIo::Tls(Box::new(s)), Some(h2), true)
+                }
+                Ok(Err(e)) => {
+                    shared
+                        .metrics
+                        .tls_failures
+                        .with_label_values(&[&rt.name])
+                        .inc();
+                    debug!(listener = %rt.name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared
+                        .metrics
+                        .tls_failures
+                        .with_label_values(&[&rt.name])
+                        .inc();
+                    debug!(listener = %rt.name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let mut stop = shared_stop(&shared);
+    let info = Arc::new(ConnInfo {
+        peer,
+        tls,
+        listener: rt,
+        state: ConnState::default(),
+        shared,
+    });
+    let io = TokioIo::new(Counted {
+        io,
+        info: info.clone(),
+    });
+    let svc_info = info.clone();
+    let svc = service_fn(move |req| crate::proxy::handle(req, svc_info.clone()));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Our watchdog times slow heads and idle connections separately (hyper's own timer
+        // would also cut idle keep-alive connections at the header timeout).
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(1000)
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1000);
+    let builder = match h2_only {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+
+    let head_timeout = limits.header_read_timeout;
+    let idle_timeout = limits.idle_timeout;
+    let tick = (head_timeout.min(idle_timeout) / 3).max(Duration::from_millis(20));
+    let state = &info.state;
+    let (mut last_reads, mut last_activity, mut last_calls) = (0u64, 0u64, 0u64);
+    let mut head_since: Option<Instant> = None;
+    let mut idle_since = Instant::now();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(tick) => {
+                let now = Instant::now();
+                let reads = state.reads.load(Ordering::Relaxed);
+                let activity = state.activity.load(Ordering::Relaxed);
+                let calls = state.calls.load(Ordering::Relaxed);
+                let busy = state.in_flight.load(Ordering::Relaxed) > 0;
+                if busy || calls != last_calls {
+                    head_since = None;
+                    idle_since = now;
+                } else if reads != last_reads && !state.h2.load(Ordering::Relaxed) {
+                    // Bytes came in but no request started: a head is arriving.
+                    head_since.get_or_insert(now);
+                    idle_since = now;
+                } else if activity != last_activity {
+                    idle_since = now;
+                }
+                if head_since.is_some_and(|h| now.duration_since(h) >= head_timeout) {
+                    debug!(%peer, "request head not complete in time; closing");
+                    return;
+                }
+                if !busy && !draining && now.duration_since(idle_since) >= idle_timeout {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                (last_reads, last_activity, last_calls) = (reads, activity, calls);
+            }
+            _ = stop.changed(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// The process-wide shutdown signal.
+fn shared_stop(shared: &Shared) -> watch::Receiver<bool> {
+    shared.shutdown.subscribe()
+}
+
+/// A client connection, plain or TLS.
+enum ServerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Counts reads and writes for the connection's watchdog.
+struct Counted {
+    io: ServerIo,
+    info: Arc<ConnInfo>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut this.io {
+            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before {
+            this.info.state.reads.fetch_add(1, Ordering::Relaxed);
+            this.info.state.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.io {
+            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.info.state.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.io {
+            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.info.state.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

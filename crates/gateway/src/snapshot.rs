@@ -1,0 +1,331 @@
+//! An immutable, fully built runtime config: router, plugin chains, upstream clients, TLS
+//! configs, metric handles. A reload builds a whole new one before it is swapped in; requests
+//! keep the one they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use portcullis_client::{
+    Policy, PoolConfig, Protocol, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
+};
+use portcullis_config::{
+    Action, Config, ConfigError, ConfigErrors, DirectResponse, HashKey, Limits, LoadBalancer,
+    Rewrite,
+};
+use portcullis_plugins::Plugin;
+use portcullis_plugins::builtin::{HeaderOps, HeaderTransform, RequestId};
+use portcullis_router::Router;
+use rustls::pki_types::ServerName;
+
+use crate::body::ReqBody;
+use crate::metrics::{Metrics, RouteMetrics};
+
+/// What a route does, resolved.
+pub enum RouteAction {
+    /// Proxy to `upstreams[i]`.
+    Upstream(usize),
+    /// Weighted choice: (upstream index, cumulative weight), and the total.
+    Split(Vec<(usize, u64)>, u64),
+    /// Answer directly.
+    Direct(DirectResponse),
+}
+
+/// A route ready to serve.
+pub struct RouteRuntime {
+    /// Name.
+    pub name: Arc<str>,
+    /// Action.
+    pub action: RouteAction,
+    /// Path and host rewrites.
+    pub rewrite: Rewrite,
+    /// The plugin chain, in run order (request ID first, header transforms last).
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Whole-request deadline.
+    pub timeout: Option<Duration>,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// A listener's per-connection settings.
+pub struct ListenerRuntime {
+    /// Name.
+    pub name: Arc<str>,
+    /// TLS config when it terminates TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Limits.
+    pub limits: Limits,
+    /// Trusted proxy ranges.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A fully built config.
+pub struct Snapshot {
+    /// The validated config it was built from.
+    pub config: Arc<Config>,
+    /// Route table; values are indexes into `routes`.
+    pub router: Router<usize>,
+    /// Routes in file order.
+    pub routes: Vec<RouteRuntime>,
+    /// Upstream clients, in `config.upstreams` order.
+    pub upstreams: Vec<Upstream<ReqBody>>,
+    /// Consistent-hash key of each upstream, if it uses one.
+    pub hash_keys: Vec<Option<HashKey>>,
+    fingerprints: Vec<String>,
+    /// Listener settings by name.
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Metrics of requests that matched no route.
+    pub no_route: RouteMetrics,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// Builds a snapshot. Blocking (reads certificate files): run it off the async threads.
+    /// Upstreams whose config did not change are carried over from `prev` with their pools.
+    pub fn build(
+        config: Config,
+        prev: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let at = |path: &str, msg: String| config.error_at(path, msg);
+
+        let mut listeners = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => match crate::tls::server_config(t, &at) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let _ = i;
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRuntime {
+                    name: l.name.as_str().into(),
+                    tls,
+                    limits: l.limits.clone(),
+                    trusted_proxies: l.trusted_proxies.clone(),
+                }),
+            );
+        }
+
+        let mut upstreams = Vec::new();
+        let mut fingerprints = Vec::new();
+        let mut hash_keys = Vec::new();
+        for u in &config.upstreams {
+            let fp = format!("{u:?}");
+            let reused = prev.and_then(|p| {
+                p.fingerprints
+                    .iter()
+                    .position(|f| *f == fp)
+                    .map(|i| p.upstreams[i].clone())
+            });
+            let client = match reused {
+                Some(c) => c,
+                None => match upstream_client(u) {
+                    Ok(c) => Upstream::new(c),
+                    Err(msg) => {
+                        errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
+                        continue;
+                    }
+                },
+            };
+            if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                tracing::warn!(upstream = %u.name, "TLS verification is off for this upstream (insecure_skip_verify)");
+            }
+            upstreams.push(client);
+            fingerprints.push(fp);
+            hash_keys.push(match &u.load_balancer {
+                LoadBalancer::ConsistentHash(k) => Some(k.clone()),
+                _ => None,
+            });
+        }
+
+        let request_id: Arc<dyn Plugin> = Arc::new(RequestId);
+        let mut global: HashMap<String, Arc<dyn Plugin>> = HashMap::new();
+        for p in &config.plugins {
+            match build_plugin(p) {
+                Ok(inst) => {
+                    global.insert(p.name.clone(), inst);
+                }
+                Err(e) => errors.push(at(&e.0, e.1)),
+            }
+        }
+
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
+            for p in config.plugins_for(r) {
+                let prio = portcullis_plugins::find(&p.name).map_or(0, |s| s.priority);
+                let inst = if p.field.starts_with("plugins.") {
+                    global.get(&p.name).cloned()
+                } else {
+                    match build_plugin(p) {
+                        Ok(i) => Some(i),
+                        Err(e) => {
+                            errors.push(at(&e.0, e.1));
+                            None
+                        }
+                    }
+                };
+                if let Some(i) = inst {
+                    chain.push((prio, i));
+                }
+            }
+            chain.sort_by_key(|(prio, _)| std::cmp::Reverse(*prio));
+            let mut plugins = vec![request_id.clone()];
+            plugins.extend(chain.into_iter().map(|(_, p)| p));
+            let transform = HeaderTransform {
+                request: ops(&r.request_headers),
+                response: ops(&r.response_headers),
+            };
+            if !transform.request.is_empty() || !transform.response.is_empty() {
+                plugins.push(Arc::new(transform));
+            }
+            let action = match &r.action {
+                Action::Upstream(i) => RouteAction::Upstream(*i),
+                Action::Split(legs) => {
+                    let mut acc = 0u64;
+                    let cum = legs
+                        .iter()
+                        .map(|(i, w)| {
+                            acc += u64::from(*w);
+                            (*i, acc)
+                        })
+                        .collect();
+                    RouteAction::Split(cum, acc)
+                }
+                Action::Direct(d) => RouteAction::Direct(d.clone()),
+            };
+            routes.push(RouteRuntime {
+                name: r.name.as_str().into(),
+                action,
+                rewrite: r.rewrite.clone(),
+                plugins,
+                timeout: r.timeout,
+                metrics: metrics.route(&r.name),
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let router = Router::new(
+            config
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.spec.clone(), i))
+                .collect(),
+        );
+        Ok(Snapshot {
+            config: Arc::new(config),
+            router,
+            routes,
+            upstreams,
+            hash_keys,
+            fingerprints,
+            listeners,
+            no_route: metrics.route(""),
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+fn ops(o: &portcullis_config::HeaderOps) -> HeaderOps {
+    HeaderOps {
+        set: o.set.clone(),
+        add: o.add.clone(),
+        remove: o.remove.clone(),
+    }
+}
+
+/// Builds a configured plugin; on failure, the field path and message.
+fn build_plugin(p: &portcullis_config::PluginConf) -> Result<Arc<dyn Plugin>, (String, String)> {
+    let Some(spec) = portcullis_plugins::find(&p.name) else {
+        return Err((
+            p.field.clone(),
+            format!(
+                "unknown plugin `{}`; known plugins: {}",
+                p.name,
+                portcullis_plugins::known_names().join(", ")
+            ),
+        ));
+    };
+    (spec.build)(&p.config).map_err(|e| {
+        let path = if e.path.is_empty() {
+            p.field.clone()
+        } else {
+            format!("{}.{}", p.field, e.path)
+        };
+        (path, e.message)
+    })
+}
+
+/// Maps an upstream's config to the client's. Blocking (reads TLS files).
+fn upstream_client(u: &portcullis_config::Upstream) -> Result<UpstreamConfig, String> {
+    use portcullis_config::Protocol as P;
+    let protocol = match u.protocol {
+        P::Http1 => Protocol::Http1,
+        P::H2c => Protocol::H2c,
+        P::Auto => Protocol::Auto,
+    };
+    let tls = match &u.tls {
+        Some(t) => {
+            let alpn: &[&[u8]] = match protocol {
+                Protocol::Http1 => &[b"http/1.1"],
+                Protocol::H2c => &[b"h2"],
+                Protocol::Auto => &[b"h2", b"http/1.1"],
+            };
+            let cfg = crate::tls::upstream_client_config(t, alpn)?;
+            let server_name = match &t.server_name {
+                Some(n) => Some(
+                    ServerName::try_from(n.clone())
+                        .map_err(|e| format!("invalid server_name `{n}`: {e}"))?,
+                ),
+                None => None,
+            };
+            Some(TlsSettings {
+                connector: tokio_rustls::TlsConnector::from(cfg),
+                server_name,
+            })
+        }
+        None => None,
+    };
+    Ok(UpstreamConfig {
+        name: u.name.clone(),
+        targets: u
+            .targets
+            .iter()
+            .map(|t| TargetConfig {
+                host: t.host.clone(),
+                port: t.port,
+                weight: t.weight,
+            })
+            .collect(),
+        protocol,
+        tls,
+        policy: match u.load_balancer {
+            LoadBalancer::RoundRobin => Policy::RoundRobin,
+            LoadBalancer::LeastRequest => Policy::LeastRequest,
+            LoadBalancer::Random => Policy::Random,
+            LoadBalancer::ConsistentHash(_) => Policy::ConsistentHash,
+        },
+        timeouts: Timeouts {
+            connect: u.timeouts.connect,
+            response_header: u.timeouts.response_header,
+            read_idle: u.timeouts.read_idle,
+        },
+        pool: PoolConfig {
+            max_idle_per_host: u.pool.max_idle_per_host,
+            idle_timeout: u.pool.idle_timeout,
+        },
+    })
+}

@@ -1,0 +1,40 @@
+//! Per-request state shared by the plugins of one request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderName, HeaderValue};
+
+/// State of one request as it passes through the pipeline.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The request ID (from a sane client `X-Request-ID`, else generated).
+    pub request_id: HeaderValue,
+    /// The client's address after `trusted_proxies` (the real client, not the last proxy).
+    pub client_ip: IpAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The matched route's name.
+    pub route: Arc<str>,
+    /// The authenticated consumer or user, when a plugin identified one.
+    pub consumer: Option<String>,
+    /// Headers to add to the response to the client (e.g. rate limit state).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Typed per-request values plugins pass to each other or to later phases.
+    pub extensions: Extensions,
+}
+
+impl RequestCtx {
+    /// A context for a request on `listener` from `client_ip`.
+    pub fn new(request_id: HeaderValue, client_ip: IpAddr, listener: Arc<str>) -> Self {
+        Self {
+            request_id,
+            client_ip,
+            listener,
+            route: Arc::from(""),
+            consumer: None,
+            response_headers: Vec::new(),
+            extensions: Extensions::new(),
+        }
+    }
+}
