@@ -1,6 +1,6 @@
 //! The `portcullis` binary: `run`, `validate`, `echo`, `version`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -204,7 +204,9 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         if quickstart {
             let addrs = control.addresses().await;
             if let Some(http) = addrs.get("http") {
-                eprintln!(
+                // Not eprintln!: a closed stderr must never bring the gateway down.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\nPortcullis quick-start is running (no portcullis.yaml found). Try:\n  curl http://{http}/hello\n  curl http://{http}/api/users/7?debug=1\n  curl http://{admin_addr}/admin/routes\n  curl http://{admin_addr}/metrics\n"
                 );
             }

@@ -130,6 +130,8 @@ async fn serve(
         host.as_ref(),
     );
     strip_hop_by_hop(&mut parts.headers, websocket);
+    // 100-continue was settled with the client by the HTTP layer; it is not forwarded.
+    parts.headers.remove(header::EXPECT);
     if !route.rewrite.is_empty() {
         rewrite(&mut parts, &route.rewrite);
     }

@@ -1,0 +1,478 @@
+//! Test harness: starts the real `portcullis` binary with a real config file on ephemeral
+//! loopback ports, small real upstream servers, and real clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Temp dir holding `portcullis.yaml` and anything else the test writes.
+    pub dir: tempfile::TempDir,
+    /// Bound address of each listener, by name.
+    pub listeners: HashMap<String, SocketAddr>,
+    /// The admin API address.
+    pub admin: SocketAddr,
+    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Gateway {
+    /// Writes `yaml` to a temp dir and starts the gateway on it; waits until every listener
+    /// and the admin API are bound.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with(yaml, |_| {})
+    }
+
+    /// Like `start`, after letting the test put files in the config dir (certificates...).
+    pub fn start_with(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
+        std::fs::write(dir.path().join("portcullis.yaml"), yaml).expect("write config");
+        let expected = yaml.matches("- name:").count().max(1);
+        let mut child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(dir.path().join("portcullis.yaml"))
+            .current_dir(dir.path())
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("E2E_VERBOSE").is_some() {
+                    eprintln!("[gw] {line}");
+                }
+                let (m, cv) = &*l2;
+                m.lock().expect("logs").push(line);
+                cv.notify_all();
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            dir,
+            listeners: HashMap::new(),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = gw.log_lines();
+            for line in &lines {
+                if let Some((name, addr)) = parse_listening(line) {
+                    gw.listeners.insert(name, addr);
+                }
+                if let Some(a) = field(line, "admin listening", "address") {
+                    gw.admin = a.parse().expect("admin addr");
+                }
+            }
+            let listeners_in_yaml = count_listeners(yaml).max(1);
+            if gw.admin.port() != 0 && gw.listeners.len() >= listeners_in_yaml {
+                break;
+            }
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("gateway exited early ({status}):\n{}", lines.join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not come up (expected {expected} lines):\n{}",
+                lines.join("\n")
+            );
+            gw.wait_log_change(lines.len(), Duration::from_millis(200));
+        }
+        gw
+    }
+
+    /// Address of the listener named `http` (or the only one).
+    pub fn http(&self) -> SocketAddr {
+        self.listeners
+            .get("http")
+            .or_else(|| self.listeners.values().next())
+            .copied()
+            .expect("a listener")
+    }
+
+    /// `http://<http listener><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http())
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.yaml")
+    }
+
+    /// Replaces the config file (for reload tests).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".portcullis.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "HUP", "TERM").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.0.lock().expect("logs").clone()
+    }
+
+    /// All logs as one string.
+    pub fn logs(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    fn wait_log_change(&self, seen: usize, timeout: Duration) {
+        let (m, cv) = &*self.logs;
+        let guard = m.lock().expect("logs");
+        if guard.len() > seen {
+            return;
+        }
+        let _ = cv.wait_timeout(guard, timeout).expect("logs");
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.log_lines();
+            if lines.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.wait_log_change(lines.len(), Duration::from_millis(100));
+        }
+    }
+
+    /// Resident set size in KiB (VmRSS) and its peak (VmHWM).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let get = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("VmRSS:"), get("VmHWM:"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count_listeners(yaml: &str) -> usize {
+    // Listener entries are `- name: X` or `- { name: X` under `listeners:` until the next
+    // top-level key.
+    let mut in_listeners = false;
+    let mut n = 0;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            in_listeners = line.starts_with("listeners:");
+            continue;
+        }
+        let t = line.trim_start();
+        if in_listeners && (t.starts_with("- name:") || t.starts_with("- { name:")) {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains(" listening ") || !line.contains("listener=") {
+        return None;
+    }
+    let name = field(line, "listening", "listener")?;
+    let addr = field(line, "listening", "address")?.parse().ok()?;
+    Some((name, addr))
+}
+
+/// The value of `key=` on a log line containing `marker`.
+fn field(line: &str, marker: &str, key: &str) -> Option<String> {
+    if !line.contains(marker) {
+        return None;
+    }
+    let pat = format!("{key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_owned())
+}
+
+/// A hyper client for HTTP/1.1.
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A hyper client speaking HTTP/2 with prior knowledge (h2c).
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A finished response: status, headers, body.
+pub struct Got {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// Trailers, if any.
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request with a client and collects the response.
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
+    let resp = client.request(req).await.expect("request failed");
+    collect(resp).await
+}
+
+/// Collects a response.
+pub async fn collect(resp: Response<Incoming>) -> Got {
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// GET with HTTP/1.1.
+pub async fn get(url: &str) -> Got {
+    send(
+        &h1_client(),
+        Request::get(url).body(Full::default()).expect("request"),
+    )
+    .await
+}
+
+/// A request builder shortcut.
+pub fn req(method: &str, url: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url)
+}
+
+/// Runs `curl` with args; returns (exit code, stdout, stderr).
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running in-process upstream server.
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// `host:port` for configs.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an HTTP/1.1 + h2c upstream on an ephemeral loopback port with `handler`.
+pub async fn upstream<F, Fut, B>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// An upstream that answers every request with a JSON echo of method, path, query, headers
+/// and body length (like `portcullis echo`), plus a `x-upstream` header naming itself.
+pub async fn echo_upstream(name: &'static str) -> Upstream {
+    upstream(move |req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &parts.headers {
+            headers.insert(
+                k.as_str().to_owned(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_owned()),
+            );
+        }
+        let out = serde_json::json!({
+            "upstream": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body_length": body.len(),
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("x-upstream", name)
+            .body(Full::new(Bytes::from(out.to_string())))
+            .expect("response")
+    })
+    .await
+}
+
+/// Retries `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal config: one `http` listener, admin, and the given upstreams/routes YAML appended.
+pub fn config(rest: &str) -> String {
+    format!(
+        "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nruntime:\n  watch_interval: 200ms\n{rest}"
+    )
+}
