@@ -16,6 +16,7 @@ mod body;
 mod control;
 mod echo;
 mod errors;
+mod framing;
 mod metrics;
 mod proxy;
 mod server;

@@ -33,14 +33,21 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<RespBody>, Infallible> {
-    conn.state.calls.fetch_add(1, Ordering::Relaxed);
+    let index = conn.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
     conn.state.in_flight.fetch_add(1, Ordering::Relaxed);
     if req.version() == Version::HTTP_2 {
         conn.state.h2.store(true, Ordering::Relaxed);
     }
     let start = Instant::now();
     let snap = conn.shared.snapshot.load_full();
-    let (resp, route) = serve(req, &conn, &snap).await;
+    let (resp, route) = if conn.state.ambiguous.load(Ordering::Relaxed) == index {
+        let e = GatewayError::bad_request(
+            "both Content-Length and Transfer-Encoding: ambiguous framing is refused",
+        );
+        (render(&e, &request_id(req.headers())), None)
+    } else {
+        serve(req, &conn, &snap).await
+    };
     let elapsed = start.elapsed().as_secs_f64();
     match route {
         Some(i) => snap.routes[i]

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::framing::FramingWatch;
 use crate::snapshot::ListenerRuntime;
 use crate::state::{ConnInfo, ConnState, Shared};
 
@@ -226,9 +227,11 @@ async fn serve_conn(
         state: ConnState::default(),
         shared,
     });
+    let framing = (h2_only != Some(true)).then(|| FramingWatch::new(limits.max_header_bytes));
     let io = TokioIo::new(Counted {
         io,
         info: info.clone(),
+        framing,
     });
     let svc_info = info.clone();
     let svc = service_fn(move |req| crate::proxy::handle(req, svc_info.clone()));
@@ -318,10 +321,11 @@ enum ServerIo {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// Counts reads and writes for the connection's watchdog.
+/// Counts reads and writes for the connection's watchdog and follows HTTP/1.1 framing.
 struct Counted {
     io: ServerIo,
     info: Arc<ConnInfo>,
+    framing: Option<FramingWatch>,
 }
 
 impl AsyncRead for Counted {
@@ -339,6 +343,15 @@ impl AsyncRead for Counted {
         if buf.filled().len() > before {
             this.info.state.reads.fetch_add(1, Ordering::Relaxed);
             this.info.state.activity.fetch_add(1, Ordering::Relaxed);
+            if let Some(w) = &mut this.framing {
+                w.feed(&buf.filled()[before..]);
+                if w.ambiguous != 0 {
+                    this.info
+                        .state
+                        .ambiguous
+                        .store(w.ambiguous, Ordering::Relaxed);
+                }
+            }
         }
         r
     }

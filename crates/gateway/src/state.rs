@@ -92,6 +92,8 @@ pub struct ConnState {
     pub calls: AtomicU64,
     /// Requests whose response head is not out yet.
     pub in_flight: AtomicU32,
+    /// 1-based index of a request whose head had both Content-Length and Transfer-Encoding.
+    pub ambiguous: AtomicU64,
     /// An HTTP/2 request was seen (connection-level frames then do not mean a slow head).
     pub h2: AtomicBool,
 }

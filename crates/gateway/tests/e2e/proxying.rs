@@ -196,24 +196,28 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
     .expect("write");
     let resp = read_response(&mut s);
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    // Transfer-Encoding first: forwarded only as chunked, without the Content-Length, and the
-    // connection is closed after (RFC 9112 6.1), so nothing can be smuggled.
+    // Transfer-Encoding first: refused the same way (the HTTP parser drops the Content-Length
+    // before the request reaches the pipeline; the framing watcher saw it on the wire).
     let mut s = TcpStream::connect(gw.http()).expect("connect");
     s.write_all(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         .expect("write");
     let resp = read_response(&mut s);
-    if resp.starts_with("HTTP/1.1 200") {
-        let body = &resp[resp.find("\r\n\r\n").expect("end") + 4..];
-        let v: serde_json::Value = serde_json::from_str(body).expect("json");
-        assert_eq!(v["body_length"], 3);
-        assert!(v["headers"].get("content-length").is_none());
-    } else {
-        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    }
-    assert!(
-        up.connection_count() <= 1,
-        "upstream connections: {}",
-        up.connection_count()
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("ambiguous framing"), "{resp}");
+    // A keep-alive connection: a clean request, then an ambiguous one; only the second is refused.
+    let mut s = TcpStream::connect(gw.http()).expect("connect");
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        .expect("write");
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
+        .expect("write");
+    let second = read_response(&mut s);
+    assert!(second.starts_with("HTTP/1.1 400"), "{second}");
+    assert_eq!(
+        up.connection_count(),
+        1,
+        "only the clean request reached the upstream"
     );
 }
 
