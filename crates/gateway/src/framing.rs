@@ -124,11 +124,7 @@ impl FramingWatch {
                     None => State::Off,
                 };
             }
-            State::Trailers => {
-                if trimmed.is_empty() {
-                    self.state = State::Head;
-                }
-            }
+            State::Trailers if trimmed.is_empty() => self.state = State::Head,
             State::Head => self.head_line(trimmed),
             _ => {}
         }

@@ -127,6 +127,7 @@ fn echo_command_serves_json() {
     };
     let (code, body, _) = curl(&["-d", "hello", &format!("http://{addr}/x?y=1")]);
     let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["method"], "POST");
