@@ -78,6 +78,7 @@ impl<B> ResponseBody<B> {
         let this = self.project();
         if let (Some(tx), Some(t)) = (this.checkin.take(), this.target.as_ref()) {
             t.pool.checkin(tx);
+            t.freed.notify_one();
         }
     }
 }

@@ -109,53 +109,22 @@ impl std::fmt::Debug for TlsSettings {
     }
 }
 
-/// Resolves `host:port` to socket addresses.
-pub(crate) async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Dns).with_source(e))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(Error::new(ErrorKind::Dns).with_source(format!("`{host}` has no addresses")));
-    }
-    Ok(addrs)
-}
-
-/// Connects to `host:port` (trying each resolved address), then TLS when configured.
+/// Connects to `addr` (then TLS, verifying `host` unless a server name is configured).
 pub(crate) async fn connect(
+    addr: SocketAddr,
     host: &str,
-    port: u16,
     tls: Option<&TlsSettings>,
     timeout: Duration,
 ) -> Result<Conn, Error> {
     let work = async {
-        let addrs = resolve(host, port).await?;
-        let mut last = None;
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = match tcp {
-            Some(t) => t,
-            None => {
-                let e = last.unwrap_or_else(|| io::Error::other("no address"));
-                let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
-                    ErrorKind::ConnectRefused
-                } else {
-                    ErrorKind::Connect
-                };
-                return Err(Error::new(kind).with_source(e));
-            }
-        };
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
+                ErrorKind::ConnectRefused
+            } else {
+                ErrorKind::Connect
+            };
+            Error::new(kind).with_source(e)
+        })?;
         let _ = tcp.set_nodelay(true);
         match tls {
             None => Ok(Conn::Plain(tcp)),

@@ -32,16 +32,27 @@
 
 pub mod balance;
 mod body;
+pub mod breaker;
+mod clock;
 pub mod connect;
+pub mod dns;
 mod error;
+pub mod health;
 mod pool;
+pub mod retry;
 mod stats;
 mod upstream;
 
 pub use balance::{Balancer, Policy, hash_key};
 pub use body::ResponseBody;
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use connect::{Conn, TlsSettings, tls_client_config};
+pub use dns::{Dns, DnsConfig};
 pub use error::{BoxError, Error, ErrorKind};
+pub use health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
 pub use pool::PoolConfig;
-pub use stats::{COUNTED_ERRORS, TargetStats};
-pub use upstream::{Protocol, Target, TargetConfig, Timeouts, Upstream, UpstreamConfig};
+pub use retry::{RetryBudget, RetryOn, RetryPolicy};
+pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
+pub use upstream::{
+    Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts, Upstream, UpstreamConfig,
+};

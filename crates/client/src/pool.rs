@@ -14,6 +14,9 @@ pub struct PoolConfig {
     pub max_idle_per_host: usize,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
+    /// Open connections per target at most; 0 for no limit. At the limit a request waits
+    /// (up to the connect timeout) for a connection to come back.
+    pub max_connections_per_host: usize,
 }
 
 impl Default for PoolConfig {
@@ -21,6 +24,7 @@ impl Default for PoolConfig {
         Self {
             max_idle_per_host: 64,
             idle_timeout: Duration::from_secs(90),
+            max_connections_per_host: 0,
         }
     }
 }

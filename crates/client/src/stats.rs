@@ -61,3 +61,40 @@ impl TargetStats {
             .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
     }
 }
+
+/// Retry reasons counted per upstream, in a fixed order.
+pub const RETRY_REASONS: [&str; 5] = [
+    "connect_failure",
+    "reset",
+    "refused_stream",
+    "timeout",
+    "status",
+];
+
+/// Counters of one upstream (across its targets).
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    retries: [AtomicU64; RETRY_REASONS.len()],
+    /// Retries refused because the retry budget was spent.
+    pub budget_exhausted: AtomicU64,
+    /// Requests refused because every target's breaker was open.
+    pub circuit_open: AtomicU64,
+    /// Requests refused because no target was healthy.
+    pub no_healthy: AtomicU64,
+}
+
+impl UpstreamStats {
+    pub(crate) fn record_retry(&self, reason: &str) {
+        if let Some(i) = RETRY_REASONS.iter().position(|r| *r == reason) {
+            self.retries[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Retries so far by reason.
+    pub fn retries(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RETRY_REASONS
+            .iter()
+            .zip(self.retries.iter())
+            .map(|(r, v)| (*r, v.load(Ordering::Relaxed)))
+    }
+}

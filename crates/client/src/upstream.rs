@@ -1,23 +1,117 @@
-//! An upstream: a named set of targets, how to pick one, and how to send a request to it.
+//! An upstream: a named set of targets, how to pick one, and how to call it so that failures
+//! are survived where that is safe and visible always.
+//!
+//! One call (`Upstream::send`) is: pick a usable target (healthy, not ejected, breaker letting
+//! calls through; a different one on each retry when there is one) → get a connection (pooled,
+//! shared HTTP/2, or new within the per-target limit) → send under the per-try and response
+//! header timeouts → classify the outcome for the breaker and passive health → retry when the
+//! policy, the idempotency rule, the replayable body and the retry budget all allow it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tracing::{debug, warn};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
 use crate::balance::{Balancer, Policy};
 use crate::body::ResponseBody;
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::connect::{self, TlsSettings};
+use crate::dns::Dns;
 use crate::error::{BoxError, Error, ErrorKind, classify_hyper};
+use crate::health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
 use crate::pool::{MODE_H1, MODE_H2, MODE_UNKNOWN, PoolConfig, TargetPool};
-use crate::stats::TargetStats;
+use crate::retry::{RetryBudget, RetryPolicy, backoff, idempotent};
+use crate::stats::{TargetStats, UpstreamStats};
+
+/// A request body the client can send again when it is held in memory.
+pub trait ReplayBody: Body<Data = Bytes> + Send + Unpin + Sized + 'static {
+    /// The whole body, when it is in memory (small enough to replay); `None` for a stream.
+    fn replay_bytes(&self) -> Option<Bytes>;
+    /// A body of these bytes (a replay, or an empty body for health probes).
+    fn from_bytes(bytes: Bytes) -> Self;
+}
+
+/// A simple request body for library users: empty, bytes in memory, or a stream.
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// Bytes in memory; replayable.
+    Bytes(Option<Bytes>, Bytes),
+    /// A stream; not replayable.
+    Stream(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl RequestBody {
+    /// A body of these bytes.
+    pub fn bytes(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        RequestBody::Bytes(Some(b.clone()), b)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => std::task::Poll::Ready(None),
+            RequestBody::Bytes(b, _) => {
+                std::task::Poll::Ready(b.take().map(|d| Ok(http_body::Frame::data(d))))
+            }
+            RequestBody::Stream(s) => std::pin::Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Bytes(b, _) => b.is_none(),
+            RequestBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RequestBody::Empty => http_body::SizeHint::with_exact(0),
+            RequestBody::Bytes(b, _) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RequestBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+impl ReplayBody for RequestBody {
+    fn replay_bytes(&self) -> Option<Bytes> {
+        match self {
+            RequestBody::Empty => Some(Bytes::new()),
+            RequestBody::Bytes(_, all) => Some(all.clone()),
+            RequestBody::Stream(_) => None,
+        }
+    }
+
+    fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            RequestBody::Empty
+        } else {
+            RequestBody::bytes(bytes)
+        }
+    }
+}
 
 /// Wire protocol towards the targets of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +145,7 @@ impl Default for Timeouts {
     }
 }
 
-/// One target as configured.
+/// One target as configured: an IP or a DNS name (every address it resolves to is used).
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
     /// Host name or IP literal.
@@ -79,19 +173,56 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     /// Pool settings.
     pub pool: PoolConfig,
+    /// Retries; none when `None` (a pooled connection found closed is still replaced).
+    pub retry: Option<RetryPolicy>,
+    /// A circuit breaker per target.
+    pub breaker: Option<BreakerConfig>,
+    /// Active health checks.
+    pub active_health: Option<ActiveHealthConfig>,
+    /// Passive health checks (ejection).
+    pub passive_health: Option<PassiveHealthConfig>,
+    /// Resolver for DNS names in `targets`; the system resolver is built when needed.
+    pub dns: Option<Arc<Dns>>,
 }
 
-/// One target of an upstream: its connections and counters.
+impl UpstreamConfig {
+    /// A config with defaults for everything but the name and targets.
+    pub fn new(name: impl Into<String>, targets: Vec<TargetConfig>) -> Self {
+        Self {
+            name: name.into(),
+            targets,
+            protocol: Protocol::Http1,
+            tls: None,
+            policy: Policy::RoundRobin,
+            timeouts: Timeouts::default(),
+            pool: PoolConfig::default(),
+            retry: None,
+            breaker: None,
+            active_health: None,
+            passive_health: None,
+            dns: None,
+        }
+    }
+}
+
+/// One address of an upstream: its connections, counters, breaker and health.
 pub struct Target<B> {
-    /// `host:port`.
+    /// `ip:port`, identifying the target.
     pub authority: Arc<str>,
-    host: String,
-    port: u16,
+    /// The configured host (name or IP): sent as SNI and verified in the certificate.
+    pub host: Arc<str>,
+    addr: SocketAddr,
     /// Weight as configured.
     pub weight: u32,
     pub(crate) pool: TargetPool<B>,
     /// Counters.
     pub stats: TargetStats,
+    /// Circuit breaker, when configured.
+    pub breaker: Option<Breaker>,
+    /// Active and passive health.
+    pub health: HealthState,
+    conn_limit: Option<Arc<Semaphore>>,
+    pub(crate) freed: Notify,
 }
 
 impl<B> Target<B> {
@@ -100,13 +231,25 @@ impl<B> Target<B> {
         self.pool.idle_count()
     }
 
-    /// Protocol in use: "h1", "h2" or "unknown" (auto, before the first connection).
+    /// Protocol in use: "http1", "h2" or "unknown" (auto, before the first connection).
     pub fn negotiated(&self) -> &'static str {
         match self.pool.mode() {
             MODE_H1 => "http1",
             MODE_H2 => "h2",
             _ => "unknown",
         }
+    }
+
+    /// Breaker state name ("closed" when there is no breaker).
+    pub fn circuit(&self) -> &'static str {
+        self.breaker
+            .as_ref()
+            .map_or("closed", |b| b.state().as_str())
+    }
+
+    /// Whether it may take a request now.
+    pub fn usable(&self) -> bool {
+        self.health.usable() && self.breaker.as_ref().is_none_or(Breaker::allows)
     }
 }
 
@@ -119,7 +262,14 @@ impl<B> std::fmt::Debug for Target<B> {
     }
 }
 
-/// A named set of targets with pools, a balancer and timeouts. Cheap to clone.
+/// The current targets and their balancer; replaced whole when DNS answers change.
+struct TargetSet<B> {
+    targets: Vec<Arc<Target<B>>>,
+    balancer: Balancer,
+}
+
+/// A named set of targets with pools, a balancer, timeouts, retries, breakers and health
+/// checks. Cheap to clone.
 pub struct Upstream<B> {
     inner: Arc<Inner<B>>,
 }
@@ -134,9 +284,11 @@ impl<B> Clone for Upstream<B> {
 
 struct Inner<B> {
     name: Arc<str>,
-    targets: Vec<Arc<Target<B>>>,
-    balancer: Balancer,
     cfg: UpstreamConfig,
+    set: ArcSwap<TargetSet<B>>,
+    budget: Option<RetryBudget>,
+    stats: UpstreamStats,
+    resolved: tokio::sync::watch::Sender<bool>,
 }
 
 enum Sender<B> {
@@ -156,9 +308,8 @@ impl<B> InFlight<B> {
         Self(Some(t.clone()))
     }
 
-    fn hand_on(mut self) -> Arc<Target<B>> {
-        // Always Some until here; the body takes over the decrement.
-        self.0.take().unwrap_or_else(|| unreachable!())
+    fn hand_on(mut self) -> Option<Arc<Target<B>>> {
+        self.0.take()
     }
 }
 
@@ -170,49 +321,85 @@ impl<B> Drop for InFlight<B> {
     }
 }
 
+/// What is kept of a request so it can be sent again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn of<B: ReplayBody>(req: &Request<B>) -> Option<Self> {
+        Some(Self {
+            body: req.body().replay_bytes()?,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request<B: ReplayBody>(&self) -> Option<Request<B>> {
+        let mut r = Request::new(B::from_bytes(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        Some(r)
+    }
+}
+
+/// The outcome of one try.
+enum Tried<B> {
+    Response(Response<ResponseBody<B>>),
+    /// Failed; the request is handed back when it was never written.
+    Failed(Error, Option<Request<B>>),
+}
+
+fn is_failure_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 502..=504)
+}
+
 impl<B> Upstream<B>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: ReplayBody,
     B::Error: Into<BoxError>,
 {
-    /// Builds an upstream. Inside a Tokio runtime it also starts a task closing expired idle
-    /// connections; the task ends when the upstream is dropped.
+    /// Builds an upstream. Inside a Tokio runtime it also starts its background tasks (idle
+    /// connection reaper, DNS re-resolution, active health checks); they end when the upstream
+    /// is dropped.
     pub fn new(cfg: UpstreamConfig) -> Self {
-        let mode = match cfg.protocol {
-            Protocol::Http1 => MODE_H1,
-            Protocol::H2c => MODE_H2,
-            Protocol::Auto => MODE_UNKNOWN,
-        };
-        let targets: Vec<Arc<Target<B>>> = cfg
-            .targets
-            .iter()
-            .map(|t| {
-                let authority: Arc<str> = if t.host.contains(':') {
-                    format!("[{}]:{}", t.host, t.port).into()
-                } else {
-                    format!("{}:{}", t.host, t.port).into()
-                };
-                Arc::new(Target {
-                    authority,
-                    host: t.host.clone(),
-                    port: t.port,
-                    weight: t.weight,
-                    pool: TargetPool::new(cfg.pool, mode),
-                    stats: TargetStats::default(),
-                })
-            })
-            .collect();
-        let weights: Vec<u32> = cfg.targets.iter().map(|t| t.weight).collect();
-        let names: Vec<&str> = targets.iter().map(|t| &*t.authority).collect();
-        let balancer = Balancer::new(cfg.policy, &weights, &names);
+        let mut static_targets = Vec::new();
+        let mut needs_dns = false;
+        for t in &cfg.targets {
+            match t.host.parse::<IpAddr>() {
+                Ok(ip) => static_targets.push((t.clone(), SocketAddr::new(ip, t.port))),
+                Err(_) => needs_dns = true,
+            }
+        }
+        let (resolved, _) = tokio::sync::watch::channel(!needs_dns);
+        let set = build_set(&cfg, &static_targets, None);
         let inner = Arc::new(Inner {
             name: cfg.name.as_str().into(),
-            targets,
-            balancer,
+            budget: cfg
+                .retry
+                .as_ref()
+                .map(|r| RetryBudget::new(r.budget_percent, r.min_retries_per_sec)),
             cfg,
+            set: ArcSwap::from_pointee(set),
+            stats: UpstreamStats::default(),
+            resolved,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap_idle(Arc::downgrade(&inner)));
+            if needs_dns {
+                rt.spawn(resolve_loop(Arc::downgrade(&inner), static_targets));
+            }
+            if inner.cfg.active_health.is_some() {
+                rt.spawn(health_loop(Arc::downgrade(&inner)));
+            }
         }
         Self { inner }
     }
@@ -222,9 +409,9 @@ where
         &self.inner.name
     }
 
-    /// Its targets, in config order.
-    pub fn targets(&self) -> &[Arc<Target<B>>] {
-        &self.inner.targets
+    /// Its current targets.
+    pub fn targets(&self) -> Vec<Arc<Target<B>>> {
+        self.inner.set.load().targets.clone()
     }
 
     /// Its config.
@@ -232,92 +419,313 @@ where
         &self.inner.cfg
     }
 
-    /// Picks a target; `key` is the request's hash for consistent hashing.
-    pub fn pick(&self, key: Option<u64>) -> Option<Arc<Target<B>>> {
-        let targets = &self.inner.targets;
-        self.inner
-            .balancer
-            .pick(
-                key,
-                |_| true,
-                |i| targets[i].stats.in_flight.load(Ordering::Relaxed),
-            )
-            .map(|i| targets[i].clone())
+    /// Upstream-level counters (retries, budget).
+    pub fn stats(&self) -> &UpstreamStats {
+        &self.inner.stats
     }
 
-    /// Picks a target and sends the request to it.
+    /// Picks a usable target, avoiding `avoid` when another is usable.
+    fn pick(&self, key: Option<u64>, avoid: &[Arc<str>]) -> Result<Arc<Target<B>>, ErrorKind> {
+        let set = self.inner.set.load();
+        let targets = &set.targets;
+        if targets.is_empty() {
+            return Err(ErrorKind::NoHealthyTarget);
+        }
+        let load = |i: usize| targets[i].stats.in_flight.load(Ordering::Relaxed);
+        let fresh = |i: usize| {
+            targets[i].usable() && !avoid.iter().any(|a| Arc::ptr_eq(a, &targets[i].authority))
+        };
+        let picked = set
+            .balancer
+            .pick(key, fresh, load)
+            .or_else(|| set.balancer.pick(key, |i| targets[i].usable(), load));
+        match picked {
+            Some(i) => Ok(targets[i].clone()),
+            None => {
+                // Say why: every target's breaker is open, or none is healthy.
+                let open = targets
+                    .iter()
+                    .all(|t| t.health.usable() && t.breaker.as_ref().is_some_and(|b| !b.allows()));
+                Err(if open {
+                    ErrorKind::CircuitOpen
+                } else {
+                    ErrorKind::NoHealthyTarget
+                })
+            }
+        }
+    }
+
+    /// Sends a request, retrying as the policy allows. `key` is the request's hash for
+    /// consistent hashing. The URI may be origin-form (`/path?q`).
     pub async fn send(
         &self,
         req: Request<B>,
         key: Option<u64>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
-        let target = self
-            .pick(key)
-            .ok_or_else(|| Error::new(ErrorKind::NoHealthyTarget))?;
-        self.send_to(&target, req).await
+        let inner = &*self.inner;
+        if !*inner.resolved.borrow() {
+            // The first DNS answer is not in yet: wait for it, within the connect timeout.
+            let mut rx = inner.resolved.subscribe();
+            let _ = tokio::time::timeout(inner.cfg.timeouts.connect, rx.wait_for(|r| *r)).await;
+        }
+        let policy = inner.cfg.retry.as_ref();
+        if let Some(b) = &inner.budget {
+            b.record_request();
+        }
+        let attempts = policy.map_or(1, |p| p.attempts.max(1));
+        let may_replay = idempotent(req.method(), req.headers());
+        // Kept only when a second try of a written request is allowed at all.
+        let replay = if may_replay { Replay::of(&req) } else { None };
+        let mut req = Some(req);
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let request = match req.take() {
+                Some(r) => r,
+                None => match replay.as_ref().and_then(Replay::request) {
+                    Some(r) => r,
+                    None => unreachable_retry()?,
+                },
+            };
+            let target = match self.pick(key, &tried) {
+                Ok(t) => t,
+                Err(kind) => {
+                    inner.stats.record_unavailable(kind);
+                    return Err(Error::new(kind));
+                }
+            };
+            tried.push(target.authority.clone());
+            let outcome = self.try_once(&target, request, replay.as_ref()).await;
+            let reason = match &outcome {
+                Tried::Response(resp) => policy
+                    .filter(|p| p.on.statuses.contains(&resp.status().as_u16()))
+                    .map(|_| "status"),
+                Tried::Failed(e, _) => policy.and_then(|p| p.on.reason(e.kind())),
+            };
+            let retry_allowed = attempt < attempts
+                && reason.is_some()
+                && match &outcome {
+                    Tried::Failed(e, back) => {
+                        back.is_some() || e.kind().before_request_sent() || replay.is_some()
+                    }
+                    Tried::Response(_) => replay.is_some(),
+                };
+            let retry_allowed = retry_allowed
+                && inner.budget.as_ref().is_none_or(|b| {
+                    let ok = b.try_withdraw();
+                    if !ok {
+                        inner.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ok
+                });
+            if !retry_allowed {
+                return match outcome {
+                    Tried::Response(r) => Ok(r),
+                    Tried::Failed(e, _) => Err(e),
+                };
+            }
+            let reason = reason.unwrap_or("other");
+            inner.stats.record_retry(reason);
+            match outcome {
+                Tried::Failed(e, back) => {
+                    debug!(upstream = %inner.name, target = %target.authority, reason, error = %e, attempt, "retrying");
+                    req = back;
+                }
+                Tried::Response(r) => {
+                    debug!(upstream = %inner.name, target = %target.authority, status = r.status().as_u16(), attempt, "retrying on status");
+                }
+            }
+            if let Some(p) = policy {
+                let wait = backoff(p.backoff_base, p.backoff_max, attempt - 1);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
-    /// Sends the request to `target`. The URI may be origin-form (`/path?q`): the client sets
-    /// what each protocol needs. A pooled connection that turns out closed before the request
-    /// could be written is replaced by a fresh one, transparently.
+    /// One try against one target, under the per-try timeout, with breaker and passive health
+    /// bookkeeping.
+    async fn try_once(
+        &self,
+        target: &Arc<Target<B>>,
+        req: Request<B>,
+        replay: Option<&Replay>,
+    ) -> Tried<B> {
+        let cfg = &self.inner.cfg;
+        let permit = match &target.breaker {
+            Some(b) => match b.acquire() {
+                Some(p) => Some(p),
+                None => {
+                    return Tried::Failed(
+                        Error::new(ErrorKind::CircuitOpen).with_target(target.authority.clone()),
+                        Some(req),
+                    );
+                }
+            },
+            None => None,
+        };
+        let started = Instant::now();
+        let fut = self.send_to_inner(target, req, replay);
+        let out = match cfg.retry.as_ref().and_then(|r| r.per_try_timeout) {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(o) => o,
+                Err(_) => {
+                    target.stats.record_error(ErrorKind::PerTryTimeout);
+                    Tried::Failed(
+                        Error::new(ErrorKind::PerTryTimeout)
+                            .with_timeout(t)
+                            .with_target(target.authority.clone()),
+                        None,
+                    )
+                }
+            },
+            None => fut.await,
+        };
+        let ok = match &out {
+            Tried::Response(r) => !is_failure_status(r.status()),
+            Tried::Failed(e, _) => !e.kind().is_upstream_failure(),
+        };
+        if let (Some(b), Some(p)) = (&target.breaker, permit) {
+            let before = b.state();
+            b.record(p, ok, started.elapsed());
+            let after = b.state();
+            if before != after {
+                info!(upstream = %self.inner.name, target = %target.authority, from = before.as_str(), to = after.as_str(), "circuit breaker changed state");
+            }
+        }
+        if let Some(ph) = &cfg.passive_health {
+            let ejected = target.health.call_result(ok, ph, || self.may_eject(ph));
+            if ejected {
+                warn!(upstream = %self.inner.name, target = %target.authority, "target ejected after consecutive failures");
+            }
+        }
+        out
+    }
+
+    /// Whether one more ejection keeps within `max_ejected_percent`.
+    fn may_eject(&self, ph: &PassiveHealthConfig) -> bool {
+        let set = self.inner.set.load();
+        let n = set.targets.len();
+        let ejected = set.targets.iter().filter(|t| t.health.ejected()).count();
+        ((ejected + 1) as f64) * 100.0 <= ph.max_ejected_percent * n as f64
+    }
+
+    /// Sends to `target` (no retries, no breaker): the building block of `send`, usable alone.
     pub async fn send_to(
         &self,
         target: &Arc<Target<B>>,
-        mut req: Request<B>,
+        req: Request<B>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
+        let replay = Replay::of(&req).filter(|_| idempotent(req.method(), req.headers()));
+        match self.send_to_inner(target, req, replay.as_ref()).await {
+            Tried::Response(r) => Ok(r),
+            Tried::Failed(e, _) => Err(e),
+        }
+    }
+
+    async fn send_to_inner(
+        &self,
+        target: &Arc<Target<B>>,
+        mut req: Request<B>,
+        replay: Option<&Replay>,
+    ) -> Tried<B> {
         target.stats.requests.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::new(target);
         let fail = |e: Error| {
             target.stats.record_error(e.kind());
             e.with_target(target.authority.clone())
         };
-        let mut sender = self.sender(target).await.map_err(fail)?;
+        let mut sender = match self.sender(target).await {
+            Ok(s) => s,
+            Err(e) => return Tried::Failed(fail(e), Some(req)),
+        };
         let rh = self.inner.cfg.timeouts.response_header;
+        let mut recovered = false;
         loop {
             let is_h2 = matches!(sender, Sender::H2(_));
+            let reused = match &sender {
+                Sender::H1 { reused, .. } => *reused,
+                Sender::H2(_) => true,
+            };
             self.prepare(target, &mut req, is_h2);
             let (result, checkin) = match sender {
-                Sender::H1 { mut tx, reused } => {
+                Sender::H1 { mut tx, .. } => {
                     let fut = tx.try_send_request(req);
                     match tokio::time::timeout(rh, fut).await {
-                        Err(_) => {
-                            return Err(fail(
+                        Err(_) => (
+                            Err((
                                 Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(rh),
-                            ));
-                        }
+                                None,
+                            )),
+                            None,
+                        ),
                         Ok(Ok(resp)) => (Ok(resp), Some(tx)),
-                        Ok(Err(mut e)) => match e.take_message() {
-                            // Never written: safe to send again on a fresh connection.
-                            Some(back) if reused => {
-                                debug!(target = %target.authority, "pooled connection was closed; retrying on a new one");
-                                target.stats.stale_recovered.fetch_add(1, Ordering::Relaxed);
-                                req = back;
-                                sender = self.connect_new(target).await.map_err(fail)?;
-                                continue;
-                            }
-                            _ => (Err(classify_hyper(e.into_error())), None),
-                        },
+                        Ok(Err(mut e)) => {
+                            let back = e.take_message();
+                            (Err((classify_hyper(e.into_error()), back)), None)
+                        }
                     }
                 }
                 Sender::H2(mut tx) => {
                     let fut = tx.try_send_request(req);
                     match tokio::time::timeout(rh, fut).await {
-                        Err(_) => {
-                            return Err(fail(
+                        Err(_) => (
+                            Err((
                                 Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(rh),
-                            ));
-                        }
+                                None,
+                            )),
+                            None,
+                        ),
                         Ok(Ok(resp)) => (Ok(resp), None),
-                        Ok(Err(e)) => (Err(classify_hyper(e.into_error())), None),
+                        Ok(Err(mut e)) => {
+                            let back = e.take_message();
+                            (Err((classify_hyper(e.into_error()), back)), None)
+                        }
                     }
                 }
             };
-            let resp = result.map_err(fail)?;
-            // A switched protocol owns the connection now; it never returns to the pool.
-            let checkin = checkin.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
-            let read_idle = self.inner.cfg.timeouts.read_idle;
-            let target = in_flight.hand_on();
-            return Ok(resp.map(|b| ResponseBody::new(b, read_idle, checkin, target)));
+            match result {
+                Ok(resp) => {
+                    // A switched protocol owns the connection now; it never returns to the pool.
+                    let checkin =
+                        checkin.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
+                    let read_idle = self.inner.cfg.timeouts.read_idle;
+                    let Some(target) = in_flight.hand_on() else {
+                        return Tried::Failed(Error::new(ErrorKind::Protocol), None);
+                    };
+                    return Tried::Response(
+                        resp.map(|b| ResponseBody::new(b, read_idle, checkin, target)),
+                    );
+                }
+                Err((e, back)) => {
+                    // A reused connection the server had closed or reset before answering:
+                    // send once more on a fresh connection when that cannot duplicate a side
+                    // effect (never written, or idempotent and replayable).
+                    let mut back = back;
+                    let again = if !reused || recovered {
+                        None
+                    } else if back.is_some() {
+                        back.take()
+                    } else if matches!(e.kind(), ErrorKind::Reset | ErrorKind::RefusedStream) {
+                        replay.and_then(Replay::request)
+                    } else {
+                        None
+                    };
+                    let Some(r) = again else {
+                        return Tried::Failed(fail(e), back);
+                    };
+                    recovered = true;
+                    debug!(target = %target.authority, error = %e, "pooled connection failed before a response; retrying on a new one");
+                    target.stats.stale_recovered.fetch_add(1, Ordering::Relaxed);
+                    req = r;
+                    sender = match self.connect_new(target).await {
+                        Ok(s) => s,
+                        Err(e) => return Tried::Failed(fail(e), Some(req)),
+                    };
+                }
+            }
         }
     }
 
@@ -352,7 +760,7 @@ where
                 *req.uri_mut() = uri;
             }
             req.headers_mut().remove(header::HOST);
-            *req.version_mut() = http::Version::HTTP_2;
+            *req.version_mut() = Version::HTTP_2;
         } else {
             if !req.headers().contains_key(header::HOST) {
                 let value = match &host {
@@ -371,11 +779,12 @@ where
                     .unwrap_or_else(|| PathAndQuery::from_static("/"));
                 *req.uri_mut() = Uri::from(pq);
             }
-            *req.version_mut() = http::Version::HTTP_11;
+            *req.version_mut() = Version::HTTP_11;
         }
     }
 
-    /// A connection to send on: the shared HTTP/2 one, a pooled HTTP/1.1 one, or a new one.
+    /// A connection to send on: the shared HTTP/2 one, a pooled HTTP/1.1 one, or a new one
+    /// within the per-target connection limit.
     async fn sender(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
         if target.pool.mode() == MODE_H2 {
             let mut slot = target.pool.h2.lock().await;
@@ -391,9 +800,28 @@ where
             }
             return Ok(s);
         }
-        if let Some(tx) = target.pool.checkout() {
-            target.stats.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(Sender::H1 { tx, reused: true });
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.timeouts.connect;
+        loop {
+            if let Some(tx) = target.pool.checkout() {
+                target.stats.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(Sender::H1 { tx, reused: true });
+            }
+            let Some(limit) = &target.conn_limit else {
+                break;
+            };
+            if limit.available_permits() > 0 {
+                break;
+            }
+            // At the per-target connection limit: wait for a connection to come back or close.
+            let freed = target.freed.notified();
+            let permit = limit.clone().acquire_owned();
+            tokio::select! {
+                _ = freed => {}
+                p = permit => { drop(p); }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::new(ErrorKind::PoolExhausted).with_timeout(self.inner.cfg.timeouts.connect));
+                }
+            }
         }
         let s = self.connect_new(target).await?;
         if let Sender::H2(tx) = &s {
@@ -406,9 +834,20 @@ where
     /// Connects and handshakes, choosing the protocol by config or ALPN.
     async fn connect_new(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
         let cfg = &self.inner.cfg;
+        let permit: Option<OwnedSemaphorePermit> = match &target.conn_limit {
+            Some(l) => Some(
+                tokio::time::timeout(cfg.timeouts.connect, l.clone().acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        Error::new(ErrorKind::PoolExhausted).with_timeout(cfg.timeouts.connect)
+                    })?
+                    .map_err(|_| Error::new(ErrorKind::PoolExhausted))?,
+            ),
+            None => None,
+        };
         let io = connect::connect(
+            target.addr,
             &target.host,
-            target.port,
             cfg.tls.as_ref(),
             cfg.timeouts.connect,
         )
@@ -432,66 +871,113 @@ where
             }
         };
         let io = TokioIo::new(io);
-        let stats_target = target.clone();
+        let owner = target.clone();
+        owner.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        let closed = move |owner: Arc<Target<B>>, permit: Option<OwnedSemaphorePermit>| {
+            owner.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            owner.freed.notify_one();
+        };
         if use_h2 {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            let handshake = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .handshake(io)
-                .await
-                .map_err(classify_hyper)?;
-            stats_target
-                .stats
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
+                .await;
+            let (tx, conn) = match handshake {
+                Ok(x) => x,
+                Err(e) => {
+                    closed(owner, permit);
+                    return Err(classify_hyper(e));
+                }
+            };
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %e, "upstream h2 connection ended");
                 }
-                stats_target
-                    .stats
-                    .open_connections
-                    .fetch_sub(1, Ordering::Relaxed);
+                closed(owner, permit);
             });
             Ok(Sender::H2(tx))
         } else {
-            let (tx, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(classify_hyper)?;
-            stats_target
-                .stats
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
+            let (tx, conn) = match http1::Builder::new().handshake(io).await {
+                Ok(x) => x,
+                Err(e) => {
+                    closed(owner, permit);
+                    return Err(classify_hyper(e));
+                }
+            };
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     debug!(error = %e, "upstream connection ended");
                 }
-                stats_target
-                    .stats
-                    .open_connections
-                    .fetch_sub(1, Ordering::Relaxed);
+                closed(owner, permit);
             });
             Ok(Sender::H1 { tx, reused: false })
         }
     }
 
-    /// Closes all idle connections (used when an upstream is replaced by a reload).
+    /// Closes all idle connections.
     pub fn close_idle(&self) {
-        for t in &self.inner.targets {
+        for t in &self.inner.set.load().targets {
             t.pool.clear();
         }
     }
+}
+
+fn unreachable_retry<T>() -> Result<T, Error> {
+    // A retry is only decided when the request came back or a replay copy exists.
+    Err(Error::new(ErrorKind::Protocol).with_source("internal: no request to retry"))
 }
 
 impl<B> std::fmt::Debug for Upstream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.inner.name)
-            .field("targets", &self.inner.targets)
             .finish()
     }
+}
+
+/// Builds the target set from resolved addresses, reusing targets (and their pools, stats,
+/// breakers, health) that are still there.
+fn build_set<B>(
+    cfg: &UpstreamConfig,
+    addrs: &[(TargetConfig, SocketAddr)],
+    prev: Option<&TargetSet<B>>,
+) -> TargetSet<B> {
+    let mode = match cfg.protocol {
+        Protocol::Http1 => MODE_H1,
+        Protocol::H2c => MODE_H2,
+        Protocol::Auto => MODE_UNKNOWN,
+    };
+    let targets: Vec<Arc<Target<B>>> = addrs
+        .iter()
+        .map(|(t, addr)| {
+            let authority: Arc<str> = addr.to_string().into();
+            if let Some(old) =
+                prev.and_then(|p| p.targets.iter().find(|o| o.authority == authority))
+            {
+                return old.clone();
+            }
+            Arc::new(Target {
+                authority,
+                host: t.host.as_str().into(),
+                addr: *addr,
+                weight: t.weight,
+                pool: TargetPool::new(cfg.pool, mode),
+                stats: TargetStats::default(),
+                breaker: cfg.breaker.clone().map(Breaker::new),
+                health: HealthState::default(),
+                conn_limit: (cfg.pool.max_connections_per_host > 0)
+                    .then(|| Arc::new(Semaphore::new(cfg.pool.max_connections_per_host))),
+                freed: Notify::new(),
+            })
+        })
+        .collect();
+    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    let names: Vec<&str> = targets.iter().map(|t| &*t.authority).collect();
+    let balancer = Balancer::new(cfg.policy, &weights, &names);
+    TargetSet { targets, balancer }
 }
 
 async fn reap_idle<B>(inner: Weak<Inner<B>>) {
@@ -506,8 +992,161 @@ async fn reap_idle<B>(inner: Weak<Inner<B>>) {
     loop {
         tick.tick().await;
         let Some(i) = inner.upgrade() else { return };
-        for t in &i.targets {
+        for t in &i.set.load().targets {
             t.pool.purge_expired();
         }
     }
+}
+
+/// Resolves the upstream's DNS targets, then again when their TTL runs out. A failure keeps
+/// the last good answer (up to `stale_for`) and is logged.
+async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfig, SocketAddr)>) {
+    let Some(first) = inner.upgrade() else { return };
+    let dns = match &first.cfg.dns {
+        Some(d) => d.clone(),
+        None => match Dns::new(Default::default()) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                warn!(upstream = %first.name, error = %e, "cannot build the DNS resolver");
+                let _ = first.resolved.send(true);
+                return;
+            }
+        },
+    };
+    let names: Vec<TargetConfig> = first
+        .cfg
+        .targets
+        .iter()
+        .filter(|t| t.host.parse::<IpAddr>().is_err())
+        .cloned()
+        .collect();
+    drop(first);
+    let mut last_good: Vec<Option<(Vec<IpAddr>, Instant)>> = vec![None; names.len()];
+    loop {
+        let mut next = dns.cfg.max_refresh;
+        let mut addrs = static_targets.clone();
+        for (i, t) in names.iter().enumerate() {
+            match dns.resolve(&t.host).await {
+                Ok(answer) => {
+                    if last_good[i]
+                        .as_ref()
+                        .is_none_or(|(ips, _)| *ips != answer.ips)
+                    {
+                        info!(host = %t.host, addresses = ?answer.ips, "DNS answer");
+                    }
+                    next = next.min(answer.refresh_in);
+                    last_good[i] = Some((answer.ips, Instant::now()));
+                }
+                Err(e) => {
+                    warn!(host = %t.host, error = %e, "DNS resolution failed; keeping the last good answer");
+                    next = next.min(dns.cfg.min_refresh);
+                    if last_good[i]
+                        .as_ref()
+                        .is_some_and(|(_, at)| at.elapsed() > dns.cfg.stale_for)
+                    {
+                        warn!(host = %t.host, "the last good DNS answer is too old; dropping it");
+                        last_good[i] = None;
+                    }
+                }
+            }
+            if let Some((ips, _)) = &last_good[i] {
+                addrs.extend(
+                    ips.iter()
+                        .map(|ip| (t.clone(), SocketAddr::new(*ip, t.port))),
+                );
+            }
+        }
+        let Some(inner_now) = inner.upgrade() else {
+            return;
+        };
+        let current = inner_now.set.load();
+        let same = current.targets.len() == addrs.len()
+            && current
+                .targets
+                .iter()
+                .zip(&addrs)
+                .all(|(t, (_, a))| t.addr == *a);
+        if !same {
+            let set = build_set(&inner_now.cfg, &addrs, Some(&current));
+            inner_now.set.store(Arc::new(set));
+        }
+        drop(current);
+        let _ = inner_now.resolved.send(true);
+        drop(inner_now);
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Probes every target with `GET path` each interval; thresholds flip their health.
+async fn health_loop<B>(inner: Weak<Inner<B>>)
+where
+    B: ReplayBody,
+    B::Error: Into<BoxError>,
+{
+    let Some(interval) = inner
+        .upgrade()
+        .and_then(|i| i.cfg.active_health.as_ref().map(|h| h.interval))
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(i) = inner.upgrade() else { return };
+        let up = Upstream { inner: i };
+        let Some(hc) = up.inner.cfg.active_health.clone() else {
+            return;
+        };
+        let targets = up.inner.set.load().targets.clone();
+        let probes = targets.into_iter().map(|t| {
+            let up = up.clone();
+            let hc = hc.clone();
+            async move {
+                let mut req = Request::new(B::from_bytes(Bytes::new()));
+                *req.uri_mut() = Uri::try_from(hc.path.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
+                if let Ok(h) = HeaderValue::from_str(&t.host) {
+                    req.headers_mut().insert(header::HOST, h);
+                }
+                req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("portcullis-health-check"));
+                let ok = match tokio::time::timeout(hc.timeout, up.send_to(&t, req)).await {
+                    Ok(Ok(resp)) => {
+                        let ok = hc.expected(resp.status().as_u16());
+                        // Read the body so the connection can be reused.
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        ok
+                    }
+                    _ => false,
+                };
+                if let Some(now_healthy) = t.health.probe_result(ok, &hc) {
+                    if now_healthy {
+                        info!(upstream = %up.inner.name, target = %t.authority, "target healthy again");
+                    } else {
+                        warn!(upstream = %up.inner.name, target = %t.authority, "target unhealthy (active check)");
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(probes).await;
+    }
+}
+
+/// Upstream-level counters.
+impl UpstreamStats {
+    fn record_unavailable(&self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::CircuitOpen => self.circuit_open.fetch_add(1, Ordering::Relaxed),
+            _ => self.no_healthy.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Compile-time check: the futures of `send` can move between threads.
+#[allow(dead_code)]
+fn assert_send<B: ReplayBody>(u: &Upstream<B>, r: Request<B>)
+where
+    B::Error: Into<BoxError>,
+{
+    fn is_send<T: Send>(_: T) {}
+    is_send(u.send(r, None));
 }

@@ -117,6 +117,7 @@ pub fn load_str(
         plugins: parts.plugins,
         runtime: parts.runtime,
         observability: parts.observability,
+        dns: parts.dns,
         source_map: map,
         redacted,
         warnings,

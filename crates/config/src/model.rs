@@ -35,6 +35,8 @@ pub struct Config {
     pub runtime: Runtime,
     /// Access log and tracing settings.
     pub observability: Observability,
+    /// Resolver settings.
+    pub dns: Dns,
     /// Field positions, to place errors found later (plugin config, certificate files).
     pub source_map: SourceMap,
     /// The config as JSON with secrets redacted, for `GET /admin/config`.
@@ -411,6 +413,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
+    /// Answer used when the upstream is unavailable (breakers open, no healthy target).
+    pub fallback: Option<DirectResponse>,
     /// Route-level plugin config (overrides global entries of the same name).
     pub plugins: Vec<PluginConf>,
 }
@@ -455,4 +459,25 @@ pub struct TracingConf {
     pub protocol: String,
     /// Sampling ratio 0..=1.
     pub sampling: f64,
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns {
+    /// Name servers; the system's when empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// Resolution timeout.
+    pub timeout: Duration,
+    /// How long a last good answer outlives failures.
+    pub stale_for: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            stale_for: Duration::from_secs(300),
+        }
+    }
 }

@@ -31,6 +31,24 @@ pub struct RawConfig {
     /// Access logs and tracing.
     #[serde(default)]
     pub observability: Option<RawObservability>,
+    /// Name resolution for upstream targets given by DNS name.
+    #[serde(default)]
+    pub dns: Option<RawDns>,
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Name servers as `IP:PORT`; the system's (`/etc/resolv.conf`) when empty.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Time allowed for one resolution.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// How long the last good answer is kept while resolution fails.
+    #[serde(default)]
+    pub stale_for: Option<String>,
 }
 
 /// A listening socket.
@@ -354,6 +372,9 @@ pub struct RawRoute {
     /// Deadline of the whole request, retries included.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Answer sent instead of a 503 when the upstream's breakers are open or no target is healthy.
+    #[serde(default)]
+    pub fallback: Option<RawDirectResponse>,
     /// Per-route plugin config keyed by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,

@@ -136,6 +136,7 @@ impl<'a> Validator<'a> {
         let routes = self.routes(&raw.routes, &index, &raw.plugins);
         let runtime = self.runtime(&raw.runtime);
         let observability = self.observability(raw.observability.as_ref());
+        let dns = self.dns(raw.dns.as_ref());
         if !self.errors.is_empty() {
             return None;
         }
@@ -147,7 +148,30 @@ impl<'a> Validator<'a> {
             plugins: global_plugins,
             runtime,
             observability,
+            dns,
         })
+    }
+
+    fn dns(&mut self, raw: Option<&RawDns>) -> Dns {
+        let d = Dns::default();
+        let Some(r) = raw else { return d };
+        let nameservers = r
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let p = format!("dns.nameservers[{i}]");
+                if let Ok(ip) = s.parse::<IpAddr>() {
+                    return Some(SocketAddr::new(ip, 53));
+                }
+                self.socket_addr(&p, s)
+            })
+            .collect();
+        Dns {
+            nameservers,
+            timeout: self.duration("dns.timeout", &r.timeout, d.timeout),
+            stale_for: self.duration("dns.stale_for", &r.stale_for, d.stale_for),
+        }
     }
 
     fn listeners(&mut self, raw: &[RawListener]) -> Vec<Listener> {
@@ -641,6 +665,24 @@ impl<'a> Validator<'a> {
             let response_headers =
                 self.header_ops(&format!("{p}.response_headers"), &r.response_headers);
             let timeout = self.opt_duration(&format!("{p}.timeout"), &r.timeout);
+            let fallback = r.fallback.as_ref().and_then(|f| {
+                let fp = format!("{p}.fallback");
+                let status = match StatusCode::from_u16(f.status) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        self.err(
+                            format!("{fp}.status"),
+                            format!("{} is not an HTTP status", f.status),
+                        );
+                        return None;
+                    }
+                };
+                Some(DirectResponse {
+                    status,
+                    body: f.body.clone().unwrap_or_default(),
+                    headers: self.header_pairs(&format!("{fp}.headers"), &f.headers),
+                })
+            });
             let plugins = plugin_confs(&format!("{p}.plugins"), &r.plugins);
             if let Some(spec) = &spec {
                 let has_auth = AUTH_PLUGINS
@@ -666,6 +708,7 @@ impl<'a> Validator<'a> {
                     request_headers,
                     response_headers,
                     timeout,
+                    fallback,
                     plugins,
                 });
             }
@@ -965,6 +1008,7 @@ pub(crate) struct ConfigParts {
     pub plugins: Vec<PluginConf>,
     pub runtime: Runtime,
     pub observability: Observability,
+    pub dns: Dns,
 }
 
 fn plugin_confs(path: &str, map: &BTreeMap<String, Value>) -> Vec<PluginConf> {

@@ -177,13 +177,17 @@ async fn upstreams(State(c): State<Arc<Control>>) -> Response {
                 "name": u.name(),
                 "protocol": format!("{:?}", cfg.protocol).to_lowercase(),
                 "load_balancer": format!("{:?}", u.config().policy),
+                "retries": u.stats().retries().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
+                "retry_budget_exhausted": u.stats().budget_exhausted.load(Ordering::Relaxed),
+                "tls_verify": cfg.tls.as_ref().map(|t| !t.insecure_skip_verify),
                 "targets": u.targets().iter().map(|t| {
                     let s = &t.stats;
                     json!({
                         "address": &*t.authority,
                         "weight": t.weight,
-                        "health": "unknown",
-                        "circuit": "closed",
+                        "health": t.health.describe(),
+                        "circuit": t.circuit(),
+                        "ejections": t.health.ejections_total.load(Ordering::Relaxed),
                         "negotiated": t.negotiated(),
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
                         "requests": s.requests.load(Ordering::Relaxed),

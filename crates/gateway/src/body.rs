@@ -23,6 +23,9 @@ pub struct BodyTooLarge {
 pub enum ReqBody {
     /// No body.
     Empty,
+    /// A small body read whole before sending, so a retry can send it again; the second field
+    /// keeps the whole body for that.
+    Buffered(Option<Bytes>, Bytes),
     /// The client's body, with the bytes it may still send.
     Stream {
         /// The client's body.
@@ -58,6 +61,7 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Buffered(b, _) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ReqBody::Stream {
                 inner,
                 remaining,
@@ -85,6 +89,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Empty => true,
+            ReqBody::Buffered(b, _) => b.is_none(),
             ReqBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -92,8 +97,51 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Buffered(b, _) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ReqBody::Stream { inner, .. } => inner.size_hint(),
         }
+    }
+}
+
+impl portcullis_client::ReplayBody for ReqBody {
+    fn replay_bytes(&self) -> Option<Bytes> {
+        match self {
+            ReqBody::Empty => Some(Bytes::new()),
+            ReqBody::Buffered(_, all) => Some(all.clone()),
+            ReqBody::Stream { .. } => None,
+        }
+    }
+
+    fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Buffered(Some(bytes.clone()), bytes)
+        }
+    }
+}
+
+impl ReqBody {
+    /// Reads a body of known, small length whole, so it can be replayed; `Err` when the
+    /// client fails or sends more than it announced.
+    pub async fn buffer(mut inner: Incoming, len: u64) -> Result<Self, BoxError> {
+        use http_body_util::BodyExt;
+        let mut buf = bytes::BytesMut::with_capacity(len as usize);
+        while let Some(frame) = inner.frame().await {
+            if let Ok(d) = frame?.into_data() {
+                if (buf.len() + d.len()) as u64 > len {
+                    return Err("request body longer than its Content-Length".into());
+                }
+                buf.extend_from_slice(&d);
+            }
+        }
+        Ok(Self::from_bytes_frozen(buf.freeze()))
+    }
+
+    fn from_bytes_frozen(b: Bytes) -> Self {
+        <Self as portcullis_client::ReplayBody>::from_bytes(b)
     }
 }
 

@@ -161,6 +161,9 @@ impl Default for Metrics {
 }
 
 /// Client counters live in the client crate as plain atomics; they are written out here.
+type TargetGet = fn(&portcullis_client::Target<crate::body::ReqBody>) -> u64;
+type UpstreamGet = fn(&portcullis_client::UpstreamStats) -> u64;
+
 fn render_upstreams(out: &mut String, snap: &Snapshot) {
     type Get = fn(&portcullis_client::TargetStats) -> u64;
     let series: [(&str, &str, &str, Get); 7] = [
@@ -220,6 +223,124 @@ fn render_upstreams(out: &mut String, snap: &Snapshot) {
                 );
             }
         }
+    }
+    let target_gauges: [(&str, &str, TargetGet); 5] = [
+        (
+            "portcullis_upstream_target_healthy",
+            "1 when the target passes its active health checks.",
+            |t| u64::from(t.health.healthy()),
+        ),
+        (
+            "portcullis_upstream_target_ejected",
+            "1 while the target is ejected by passive health checks.",
+            |t| u64::from(t.health.ejected()),
+        ),
+        (
+            "portcullis_upstream_circuit_state",
+            "Circuit breaker state of the target: 0 closed, 1 open, 2 half-open.",
+            |t| match t.circuit() {
+                "open" => 1,
+                "half_open" => 2,
+                _ => 0,
+            },
+        ),
+        (
+            "portcullis_upstream_ejections_total",
+            "Times the target was ejected.",
+            |t| t.health.ejections_total.load(Ordering::Relaxed),
+        ),
+        (
+            "portcullis_upstream_circuit_opened_total",
+            "Times the target's breaker opened.",
+            |t| {
+                t.breaker
+                    .as_ref()
+                    .map_or(0, |b| b.opened_total.load(Ordering::Relaxed))
+            },
+        ),
+    ];
+    for (name, help, get) in target_gauges {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for u in &snap.upstreams {
+            for t in u.targets() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",target=\"{}\"}} {}",
+                    escape(u.name()),
+                    escape(&t.authority),
+                    get(&t)
+                );
+            }
+        }
+    }
+    let name = "portcullis_upstream_retries_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Retries by reason.\n# TYPE {name} counter"
+    );
+    for u in &snap.upstreams {
+        for (reason, n) in u.stats().retries() {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(u.name())
+            );
+        }
+    }
+    let upstream_counters: [(&str, &str, UpstreamGet); 3] = [
+        (
+            "portcullis_upstream_retry_budget_exhausted_total",
+            "Retries refused because the retry budget was spent.",
+            |s| s.budget_exhausted.load(Ordering::Relaxed),
+        ),
+        (
+            "portcullis_upstream_circuit_rejected_total",
+            "Requests refused because every target's breaker was open.",
+            |s| s.circuit_open.load(Ordering::Relaxed),
+        ),
+        (
+            "portcullis_upstream_no_healthy_total",
+            "Requests refused because no target was healthy.",
+            |s| s.no_healthy.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in upstream_counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for u in &snap.upstreams {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\"}} {}",
+                escape(u.name()),
+                get(u.stats())
+            );
+        }
+    }
+    if let Some((_, dns)) = &snap.dns {
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_dns_resolutions_total DNS resolutions of upstream names.\n# TYPE portcullis_dns_resolutions_total counter\nportcullis_dns_resolutions_total {}\n# HELP portcullis_dns_failures_total DNS resolutions that failed.\n# TYPE portcullis_dns_failures_total counter\nportcullis_dns_failures_total {}",
+            dns.resolutions.load(Ordering::Relaxed),
+            dns.failures.load(Ordering::Relaxed)
+        );
+    }
+    let name = "portcullis_upstream_tls_insecure";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 for upstreams whose TLS certificates are not verified (insecure_skip_verify).\n# TYPE {name} gauge"
+    );
+    for u in &snap.config.upstreams {
+        let insecure = u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
+        let _ = writeln!(
+            out,
+            "{name}{{upstream=\"{}\"}} {}",
+            escape(&u.name),
+            u64::from(insecure)
+        );
     }
     let name = "portcullis_upstream_errors_total";
     let _ = writeln!(

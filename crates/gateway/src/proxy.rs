@@ -150,10 +150,32 @@ async fn serve(
     let key = snap.hash_keys[up_idx]
         .as_ref()
         .map(|k| request_hash(k, &parts, client_ip));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = if websocket {
         ReqBody::Empty
     } else {
-        ReqBody::limited(body, limits.max_body_bytes)
+        match declared {
+            // Small bodies of requests that may be sent twice are read first, so a retry or a
+            // stale pooled connection can replay them.
+            Some(n)
+                if n <= route.max_replay_body_bytes
+                    && portcullis_client::retry::idempotent(&parts.method, &parts.headers) =>
+            {
+                match ReqBody::buffer(body, n).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        debug!(error = %e, "reading the request body failed");
+                        let ge = GatewayError::bad_request("the request body could not be read");
+                        return (render(&ge, &ctx.request_id), Some(idx));
+                    }
+                }
+            }
+            _ => ReqBody::limited(body, limits.max_body_bytes),
+        }
     };
     let req = Request::from_parts(parts, body);
     let send = upstream.send(req, key);
@@ -167,6 +189,18 @@ async fn serve(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
+            let unavailable = matches!(
+                e.kind(),
+                ErrorKind::CircuitOpen | ErrorKind::NoHealthyTarget
+            );
+            if unavailable && let Some(f) = &route.fallback {
+                let mut resp = Response::new(RespBody::full(f.body.clone()));
+                *resp.status_mut() = f.status;
+                for (n, v) in &f.headers {
+                    resp.headers_mut().append(n.clone(), v.clone());
+                }
+                return (response_phase(resp, route, &mut ctx), Some(idx));
+            }
             let ge = if let Some(b) = e.find_source::<BodyTooLarge>() {
                 GatewayError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

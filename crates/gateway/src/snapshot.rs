@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use portcullis_client::{
-    Policy, PoolConfig, Protocol, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
+    ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig,
+    Protocol, RetryOn, RetryPolicy, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
 };
 use portcullis_config::{
     Action, Config, ConfigError, ConfigErrors, DirectResponse, HashKey, Limits, LoadBalancer,
@@ -44,6 +45,10 @@ pub struct RouteRuntime {
     pub plugins: Vec<Arc<dyn Plugin>>,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
+    /// Answer when the upstream is unavailable.
+    pub fallback: Option<DirectResponse>,
+    /// Largest body buffered so the request can be replayed on another try.
+    pub max_replay_body_bytes: u64,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -77,6 +82,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
+    /// The shared resolver and the settings it was built with.
+    pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -119,8 +126,36 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         let mut fingerprints = Vec::new();
         let mut hash_keys = Vec::new();
+        let uses_dns = config
+            .upstreams
+            .iter()
+            .flat_map(|u| &u.targets)
+            .any(|t| t.host.parse::<std::net::IpAddr>().is_err());
+        // The resolver lives on the runtime; `validate` builds snapshots without one.
+        let dns = if uses_dns && tokio::runtime::Handle::try_current().is_ok() {
+            let reused = prev
+                .and_then(|p| p.dns.clone())
+                .filter(|(c, _)| *c == config.dns);
+            match reused {
+                Some(d) => Some(d),
+                None => match Dns::new(DnsConfig {
+                    nameservers: config.dns.nameservers.clone(),
+                    timeout: config.dns.timeout,
+                    stale_for: config.dns.stale_for,
+                    ..DnsConfig::default()
+                }) {
+                    Ok(d) => Some((config.dns.clone(), Arc::new(d))),
+                    Err(e) => {
+                        errors.push(at("dns", format!("cannot set up name resolution: {e}")));
+                        None
+                    }
+                },
+            }
+        } else {
+            None
+        };
         for u in &config.upstreams {
-            let fp = format!("{u:?}");
+            let fp = format!("{u:?}{:?}", config.dns);
             let reused = prev.and_then(|p| {
                 p.fingerprints
                     .iter()
@@ -129,7 +164,7 @@ impl Snapshot {
             });
             let client = match reused {
                 Some(c) => c,
-                None => match upstream_client(u) {
+                None => match upstream_client(u, dns.as_ref().map(|(_, d)| d.clone())) {
                     Ok(c) => Upstream::new(c),
                     Err(msg) => {
                         errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
@@ -204,12 +239,21 @@ impl Snapshot {
                 }
                 Action::Direct(d) => RouteAction::Direct(d.clone()),
             };
+            let max_replay_body_bytes = match &r.action {
+                Action::Upstream(i) => config.upstreams[*i]
+                    .retry
+                    .as_ref()
+                    .map_or(64 * 1024, |rt| rt.max_replay_body_bytes),
+                _ => 64 * 1024,
+            };
             routes.push(RouteRuntime {
                 name: r.name.as_str().into(),
                 action,
                 rewrite: r.rewrite.clone(),
                 plugins,
                 timeout: r.timeout,
+                fallback: r.fallback.clone(),
+                max_replay_body_bytes,
                 metrics: metrics.route(&r.name),
             });
         }
@@ -234,6 +278,7 @@ impl Snapshot {
             fingerprints,
             listeners,
             no_route: metrics.route(""),
+            dns,
             loaded_at: SystemTime::now(),
         })
     }
@@ -270,8 +315,12 @@ fn build_plugin(p: &portcullis_config::PluginConf) -> Result<Arc<dyn Plugin>, (S
 }
 
 /// Maps an upstream's config to the client's. Blocking (reads TLS files).
-fn upstream_client(u: &portcullis_config::Upstream) -> Result<UpstreamConfig, String> {
+fn upstream_client(
+    u: &portcullis_config::Upstream,
+    dns: Option<Arc<Dns>>,
+) -> Result<UpstreamConfig, String> {
     use portcullis_config::Protocol as P;
+    use portcullis_config::RetryOn as R;
     let protocol = match u.protocol {
         P::Http1 => Protocol::Http1,
         P::H2c => Protocol::H2c,
@@ -326,6 +375,52 @@ fn upstream_client(u: &portcullis_config::Upstream) -> Result<UpstreamConfig, St
         pool: PoolConfig {
             max_idle_per_host: u.pool.max_idle_per_host,
             idle_timeout: u.pool.idle_timeout,
+            max_connections_per_host: u.pool.max_connections_per_host,
         },
+        retry: u.retry.as_ref().map(|r| RetryPolicy {
+            attempts: r.attempts,
+            on: RetryOn {
+                connect_failure: r.on.contains(&R::ConnectFailure),
+                reset: r.on.contains(&R::Reset),
+                refused_stream: r.on.contains(&R::RefusedStream),
+                timeout: r.on.contains(&R::Timeout),
+                statuses: r
+                    .on
+                    .iter()
+                    .filter_map(|c| match c {
+                        R::Status(s) => Some(*s),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            backoff_base: r.backoff_base,
+            backoff_max: r.backoff_max,
+            budget_percent: r.budget_percent,
+            min_retries_per_sec: 10,
+            per_try_timeout: r.per_try_timeout,
+            max_replay_body_bytes: r.max_replay_body_bytes,
+        }),
+        breaker: u.circuit_breaker.as_ref().map(|b| BreakerConfig {
+            failure_rate: b.failure_rate,
+            window: b.window,
+            min_requests: b.min_requests,
+            open_for: b.open_for,
+            half_open_requests: b.half_open_requests,
+            slow_call_threshold: b.slow_call_threshold,
+        }),
+        active_health: u.active_health.as_ref().map(|a| ActiveHealthConfig {
+            path: a.path.clone(),
+            interval: a.interval,
+            timeout: a.timeout,
+            healthy_threshold: a.healthy_threshold,
+            unhealthy_threshold: a.unhealthy_threshold,
+            expected_statuses: a.expected_statuses.clone(),
+        }),
+        passive_health: u.passive_health.as_ref().map(|p| PassiveHealthConfig {
+            consecutive_failures: p.consecutive_failures,
+            eject_for: p.eject_for,
+            max_ejected_percent: p.max_ejected_percent,
+        }),
+        dns,
     })
 }
