@@ -1,32 +1,67 @@
 //! `portcullis-client`: the resilient upstream HTTP client of Portcullis, usable on its own.
 //!
-//! An [`Upstream`] is a named set of targets with per-target connection pools (idle HTTP/1.1
-//! connections reused most-recent first, one multiplexed HTTP/2 connection), a lock-free
-//! [`Balancer`], and three separate timeouts — connect (DNS and TLS included), response
-//! header, and read idle — each reported as its own [`ErrorKind`]. A pooled connection found
-//! closed before the request was written is replaced transparently.
+//! An [`Upstream`] is a named set of targets. Calling it survives what API calls meet in
+//! production, and says what happened when it cannot:
+//!
+//! - **Three timeouts, each its own [`ErrorKind`]**: connect (DNS and TLS included), response
+//!   header (request sent → full response head), read idle (silence between body frames).
+//! - **Pools per target**: idle HTTP/1.1 connections reused most recent first, expired after
+//!   `idle_timeout`, at most `max_idle_per_host` kept and `max_connections_per_host` open; one
+//!   multiplexed HTTP/2 connection. Targets never share a pool, so a black-holed one cannot
+//!   starve the others.
+//! - **Stale keep-alive connections**: a pooled connection the server closed or reset before
+//!   answering is replaced by a fresh one and the request sent again — only when that cannot
+//!   duplicate a side effect (never written, or idempotent with a replayable body).
+//! - **Retries** ([`RetryPolicy`]): conditions, exponential backoff with full jitter, a per-try
+//!   timeout, another target when there is one, a [`RetryBudget`] that caps retries at a share
+//!   of recent traffic, and the idempotency rule (GET/HEAD/OPTIONS/PUT/DELETE; POST/PATCH only
+//!   when nothing was sent or with `Idempotency-Key`).
+//! - **A circuit breaker per target** ([`Breaker`]): failure rate over a rolling window,
+//!   open/half-open/closed, slow calls counted as failures.
+//! - **Health**: active HTTP probes and passive ejection with a `max_ejected_percent` cap.
+//! - **Balancing** ([`Balancer`]): smooth weighted round robin, least request (power of two
+//!   choices), weighted random, consistent hashing with virtual nodes — all lock-free.
+//! - **DNS** ([`Dns`]): names resolved with hickory-resolver, every address used, re-resolved
+//!   when the TTL runs out, the last good answer kept through failures.
+//! - **TLS** verified against the system roots or a given CA, mTLS, HTTP/2 by ALPN with the
+//!   downgrade to HTTP/1.1 logged and counted.
+//!
+//! Every counter is a plain atomic ([`TargetStats`], [`UpstreamStats`]), cheap to read for
+//! metrics.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use http_body_util::Empty;
-//! use bytes::Bytes;
-//! use portcullis_client::{Policy, PoolConfig, Protocol, TargetConfig, Timeouts, Upstream, UpstreamConfig};
+//! use portcullis_client::{
+//!     BreakerConfig, RequestBody, RetryPolicy, TargetConfig, Timeouts, Upstream, UpstreamConfig,
+//! };
 //!
 //! # async fn demo() -> Result<(), portcullis_client::Error> {
-//! let users: Upstream<Empty<Bytes>> = Upstream::new(UpstreamConfig {
-//!     name: "users".into(),
-//!     targets: vec![TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 1 }],
-//!     protocol: Protocol::Http1,
-//!     tls: None,
-//!     policy: Policy::RoundRobin,
-//!     timeouts: Timeouts { connect: Duration::from_secs(1), ..Timeouts::default() },
-//!     pool: PoolConfig::default(),
-//! });
-//! let req = http::Request::get("/users/7").body(Empty::new()).expect("valid request");
-//! let resp = users.send(req, None).await?;
-//! println!("{}", resp.status());
+//! let mut cfg = UpstreamConfig::new(
+//!     "users",
+//!     vec![
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 2 },
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9002, weight: 1 },
+//!     ],
+//! );
+//! cfg.timeouts = Timeouts {
+//!     connect: Duration::from_millis(500),
+//!     response_header: Duration::from_secs(5),
+//!     read_idle: Duration::from_secs(10),
+//! };
+//! cfg.pool.max_idle_per_host = 32;
+//! cfg.retry = Some(RetryPolicy { attempts: 3, ..RetryPolicy::default() });
+//! cfg.breaker = Some(BreakerConfig::default());
+//! let users: Upstream<RequestBody> = Upstream::new(cfg);
+//!
+//! let req = http::Request::get("/users/7").body(RequestBody::Empty).expect("valid request");
+//! match users.send(req, None).await {
+//!     Ok(resp) => println!("{}", resp.status()),
+//!     Err(e) => println!("failed [{}]: {e}", e.kind().reason()),
+//! }
 //! # Ok(()) }
 //! ```
+//!
+//! `examples/resilient_get.rs` is a runnable program using it standalone.
 
 #![warn(missing_docs)]
 
