@@ -5,5 +5,6 @@ mod harness;
 
 mod cli;
 mod proxying;
+mod resilience;
 mod routing;
 mod upstreams;
