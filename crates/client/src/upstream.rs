@@ -288,6 +288,9 @@ struct Inner<B> {
     set: ArcSwap<TargetSet<B>>,
     budget: Option<RetryBudget>,
     stats: UpstreamStats,
+    /// True once the first DNS answer is in (always true without DNS targets): a plain load
+    /// on the hot path instead of the watch channel's lock.
+    resolved_flag: std::sync::atomic::AtomicBool,
     resolved: tokio::sync::watch::Sender<bool>,
 }
 
@@ -390,6 +393,7 @@ where
             cfg,
             set: ArcSwap::from_pointee(set),
             stats: UpstreamStats::default(),
+            resolved_flag: std::sync::atomic::AtomicBool::new(!needs_dns),
             resolved,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -463,7 +467,7 @@ where
         key: Option<u64>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
         let inner = &*self.inner;
-        if !*inner.resolved.borrow() {
+        if !inner.resolved_flag.load(Ordering::Acquire) {
             // The first DNS answer is not in yet: wait for it, within the connect timeout.
             let mut rx = inner.resolved.subscribe();
             let _ = tokio::time::timeout(inner.cfg.timeouts.connect, rx.wait_for(|r| *r)).await;
@@ -1008,6 +1012,7 @@ async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfi
             Ok(d) => Arc::new(d),
             Err(e) => {
                 warn!(upstream = %first.name, error = %e, "cannot build the DNS resolver");
+                first.resolved_flag.store(true, Ordering::Release);
                 let _ = first.resolved.send(true);
                 return;
             }
@@ -1071,6 +1076,7 @@ async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfi
             inner_now.set.store(Arc::new(set));
         }
         drop(current);
+        inner_now.resolved_flag.store(true, Ordering::Release);
         let _ = inner_now.resolved.send(true);
         drop(inner_now);
         tokio::time::sleep(next).await;
