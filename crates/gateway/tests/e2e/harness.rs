@@ -50,6 +50,21 @@ impl Gateway {
 
     /// Like `start`, after letting the test put files in the config dir (certificates...).
     pub fn start_with(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> Gateway {
+        Self::start_full(yaml, prepare, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the gateway process (for `${NAME}`
+    /// in the config).
+    pub fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(yaml, |_| {}, env)
+    }
+
+    /// `start_with` and `start_env` together.
+    pub fn start_full(
+        yaml: &str,
+        prepare: impl FnOnce(&std::path::Path),
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
         std::fs::write(dir.path().join("portcullis.yaml"), yaml).expect("write config");
@@ -59,6 +74,7 @@ impl Gateway {
             .arg(dir.path().join("portcullis.yaml"))
             .current_dir(dir.path())
             .env("PORTCULLIS_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -208,6 +224,17 @@ impl Gateway {
             }
             self.wait_log_change(lines.len(), Duration::from_millis(100));
         }
+    }
+
+    /// The address of listener `name` from the most recent `listening` log line naming it
+    /// (listeners added by a reload are not in `self.listeners`).
+    pub fn listener_from_logs(&self, name: &str) -> Option<SocketAddr> {
+        self.log_lines()
+            .iter()
+            .rev()
+            .filter_map(|l| parse_listening(l))
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
     /// Resident set size in KiB (VmRSS) and its peak (VmHWM).
