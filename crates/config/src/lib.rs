@@ -105,11 +105,13 @@ pub fn load_str(
         _ => return Err(place(errors, Some(&map))),
     };
     let hash = content_hash(&value);
+    let source_digest = digest(text.as_bytes());
     let mut redacted = value;
     redact(&mut redacted, false);
     Ok(Config {
         file: file.map(Path::to_path_buf),
         hash,
+        source_digest,
         listeners: parts.listeners,
         admin: parts.admin,
         upstreams: parts.upstreams,
@@ -156,13 +158,17 @@ fn unknown_field(msg: &str) -> Option<&str> {
 /// FNV-1a over the interpolated config as JSON: stable across processes and Rust versions, so
 /// gateways of a fleet can compare the hash of what they run. Not a security boundary.
 fn content_hash(value: &Value) -> String {
-    let text = value.to_string();
+    format!("{:016x}", digest(value.to_string().as_bytes()))
+}
+
+/// FNV-1a 64 of bytes.
+pub fn digest(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
+    for b in bytes {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 /// Replaces secret values with "<redacted>": tokens, secrets, passwords and consumer keys.

@@ -21,6 +21,8 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Stable hash of the config's content (hex), shown by the admin API and metrics.
     pub hash: String,
+    /// Digest of the source text as read (before interpolation), to notice file changes.
+    pub source_digest: u64,
     /// Listeners, in file order.
     pub listeners: Vec<Listener>,
     /// The admin API.

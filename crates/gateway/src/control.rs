@@ -164,14 +164,17 @@ impl Control {
             .is_ok()
     }
 
-    /// Polls the config file and reloads when its content changes. Why polling rather than
-    /// inotify: it also sees atomic renames and Kubernetes ConfigMap symlink swaps, needs no
-    /// extra dependency, and reading a small file each second costs nothing measurable.
+    /// Polls the config file and reloads when its content differs from what the running
+    /// config was loaded from. Why polling rather than inotify: it also sees atomic renames and
+    /// Kubernetes ConfigMap symlink swaps, needs no extra dependency, and reading a small file
+    /// each second costs nothing measurable. Comparing with the running config (not with the
+    /// previous read) means a save made while the gateway was starting is not missed.
     pub async fn watch_file(self: Arc<Self>) {
         let ConfigSource::File(path) = self.shared.source.clone() else {
             return;
         };
-        let mut last = tokio::fs::read(&path).await.ok();
+        // Content already tried and refused: not tried again until it changes.
+        let mut refused: Option<u64> = None;
         loop {
             let interval = self.shared.snapshot.load().config.runtime.watch_interval;
             if interval.is_zero() {
@@ -179,11 +182,18 @@ impl Control {
                 continue;
             }
             tokio::time::sleep(interval).await;
-            let now = tokio::fs::read(&path).await.ok();
-            if now.is_some() && now != last {
-                last = now;
-                let _ = self.reload("file change").await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let now = portcullis_config::digest(&bytes);
+            let running = self.shared.snapshot.load().config.source_digest;
+            if now == running || refused == Some(now) {
+                continue;
             }
+            refused = match self.reload("file change").await {
+                Ok(_) => None,
+                Err(_) => Some(now),
+            };
         }
     }
 }

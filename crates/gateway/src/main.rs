@@ -179,6 +179,10 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let rt = runtime(cfg.runtime.worker_threads)?;
     rt.block_on(async move {
+        // Signal handlers first: a SIGTERM that arrives while starting must drain, not kill.
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let metrics = Arc::new(Metrics::new());
         let m = metrics.clone();
         let snap = tokio::task::spawn_blocking(move || Snapshot::build(cfg, None, &m))
@@ -214,9 +218,6 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         tokio::spawn(control.clone().watch_file());
 
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         loop {
             tokio::select! {
                 _ = hup.recv() => {

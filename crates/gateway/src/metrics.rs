@@ -88,6 +88,9 @@ impl Metrics {
             "Config reloads, by result.",
             &["result"],
         );
+        // Both series exist from the start, so a first failure is an increase from 0.
+        reloads.with_label_values(&["ok"]);
+        reloads.with_label_values(&["failed"]);
         let config_info = gauge_vec(
             &registry,
             "portcullis_config_info",

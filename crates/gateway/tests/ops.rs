@@ -845,7 +845,6 @@ fn promtool_check(text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: portcullis_config_reloads_total has no series until the first reload"]
 async fn reload_counters_are_exported_from_start() {
     // Known label values start at 0 so that `increase(...{result="failed"}[5m]) > 0` fires on
     // the very first failed reload (Prometheus cannot see a 0 -> 1 step of a series that did
@@ -1043,7 +1042,6 @@ async fn shutdown_timeout_bounds_a_stuck_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: the file watcher takes its baseline when it first runs, after startup; a save in between is never reloaded"]
 async fn a_save_right_after_startup_is_not_lost() {
     // The watcher reads the file for its baseline only once its task first runs, after the
     // config was loaded and the listeners bound. A save in that window becomes the baseline:
