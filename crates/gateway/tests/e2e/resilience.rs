@@ -34,7 +34,7 @@ async fn retries_hide_a_flaky_target_and_are_counted() {
     let flaky = upstream(move |_req| {
         let n = h.fetch_add(1, Ordering::SeqCst);
         async move {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 status(503, "flaky")
             } else {
                 status(200, "flaky")
@@ -66,9 +66,8 @@ routes:
     assert_eq!(retried, 20.0);
     // A POST is not retried once the upstream processed it: the 503 comes back as it is.
     let before = hits.load(Ordering::SeqCst);
-    assert_eq!(
-        before % 2,
-        0,
+    assert!(
+        before.is_multiple_of(2),
         "the next answer of the flaky upstream is a 503"
     );
     let got = send(
