@@ -211,6 +211,13 @@ impl Breaker {
         }
     }
 
+    /// Gives back a permit whose call never finished (cancelled): a probe slot is freed.
+    pub fn release(&self, permit: Permit) {
+        if permit == Permit::Probe && self.state.load(Ordering::Acquire) == HALF_OPEN {
+            self.probes_taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn trip(&self, from: u8) {
         if self
             .state
@@ -329,6 +336,23 @@ mod tests {
         b.record(p, false, Duration::ZERO);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
         assert_eq!(b.opened_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_cancelled_probe_frees_its_slot() {
+        let b = Breaker::new(cfg(10));
+        for _ in 0..10 {
+            call(&b, false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let p1 = b.acquire().expect("probe 1");
+        let p2 = b.acquire().expect("probe 2");
+        assert!(b.acquire().is_none());
+        b.release(p1);
+        let p3 = b.acquire().expect("the released slot is free again");
+        b.record(p2, true, Duration::ZERO);
+        b.record(p3, true, Duration::ZERO);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

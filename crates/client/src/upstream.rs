@@ -507,12 +507,11 @@ where
                     .map(|_| "status"),
                 Tried::Failed(e, _) => policy.and_then(|p| p.on.reason(e.kind())),
             };
+            // A retry needs the request: handed back unsent, or a replay copy.
             let retry_allowed = attempt < attempts
                 && reason.is_some()
                 && match &outcome {
-                    Tried::Failed(e, back) => {
-                        back.is_some() || e.kind().before_request_sent() || replay.is_some()
-                    }
+                    Tried::Failed(_, back) => back.is_some() || replay.is_some(),
                     Tried::Response(_) => replay.is_some(),
                 };
             let retry_allowed = retry_allowed
@@ -570,6 +569,12 @@ where
             },
             None => None,
         };
+        // Gives a probe slot back if this try is cancelled before its outcome is recorded
+        // (route deadline, client gone): otherwise a half-open breaker could stay stuck.
+        let guard = PermitGuard {
+            breaker: target.breaker.as_ref(),
+            permit,
+        };
         let started = Instant::now();
         let fut = self.send_to_inner(target, req, replay);
         let out = match cfg.retry.as_ref().and_then(|r| r.per_try_timeout) {
@@ -591,7 +596,7 @@ where
             Tried::Response(r) => !is_failure_status(r.status()),
             Tried::Failed(e, _) => !e.kind().is_upstream_failure(),
         };
-        if let (Some(b), Some(p)) = (&target.breaker, permit) {
+        if let (Some(b), Some(p)) = (&target.breaker, guard.disarm()) {
             let before = b.state();
             b.record(p, ok, started.elapsed());
             let after = b.state();
@@ -925,6 +930,26 @@ where
     pub fn close_idle(&self) {
         for t in &self.inner.set.load().targets {
             t.pool.clear();
+        }
+    }
+}
+
+/// Holds a breaker permit until its outcome is recorded; releases an unrecorded probe.
+struct PermitGuard<'a> {
+    breaker: Option<&'a Breaker>,
+    permit: Option<crate::breaker::Permit>,
+}
+
+impl PermitGuard<'_> {
+    fn disarm(mut self) -> Option<crate::breaker::Permit> {
+        self.permit.take()
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if let (Some(b), Some(p)) = (self.breaker, self.permit.take()) {
+            b.release(p);
         }
     }
 }

@@ -153,6 +153,7 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();
         render_upstreams(&mut out, snap);
+        portcullis_plugins::metrics::render(&mut out);
         out
     }
 }

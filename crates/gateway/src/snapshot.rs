@@ -15,8 +15,8 @@ use portcullis_config::{
     Action, Config, ConfigError, ConfigErrors, DirectResponse, HashKey, Limits, LoadBalancer,
     Rewrite,
 };
-use portcullis_plugins::Plugin;
 use portcullis_plugins::builtin::{HeaderOps, HeaderTransform, RequestId};
+use portcullis_plugins::{BuildCtx, Plugin};
 use portcullis_router::Router;
 use rustls::pki_types::ServerName;
 
@@ -184,9 +184,21 @@ impl Snapshot {
         }
 
         let request_id: Arc<dyn Plugin> = Arc::new(RequestId);
+        let base_dir = config
+            .file
+            .as_deref()
+            .and_then(std::path::Path::parent)
+            .map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            );
         let mut global: HashMap<String, Arc<dyn Plugin>> = HashMap::new();
         for p in &config.plugins {
-            match build_plugin(p) {
+            let bctx = BuildCtx {
+                scope: "global",
+                base_dir: &base_dir,
+            };
+            match build_plugin(p, &bctx) {
                 Ok(inst) => {
                     global.insert(p.name.clone(), inst);
                 }
@@ -202,7 +214,11 @@ impl Snapshot {
                 let inst = if p.field.starts_with("plugins.") {
                     global.get(&p.name).cloned()
                 } else {
-                    match build_plugin(p) {
+                    let bctx = BuildCtx {
+                        scope: &r.name,
+                        base_dir: &base_dir,
+                    };
+                    match build_plugin(p, &bctx) {
                         Ok(i) => Some(i),
                         Err(e) => {
                             errors.push(at(&e.0, e.1));
@@ -293,7 +309,10 @@ fn ops(o: &portcullis_config::HeaderOps) -> HeaderOps {
 }
 
 /// Builds a configured plugin; on failure, the field path and message.
-fn build_plugin(p: &portcullis_config::PluginConf) -> Result<Arc<dyn Plugin>, (String, String)> {
+fn build_plugin(
+    p: &portcullis_config::PluginConf,
+    bctx: &BuildCtx<'_>,
+) -> Result<Arc<dyn Plugin>, (String, String)> {
     let Some(spec) = portcullis_plugins::find(&p.name) else {
         return Err((
             p.field.clone(),
@@ -304,7 +323,7 @@ fn build_plugin(p: &portcullis_config::PluginConf) -> Result<Arc<dyn Plugin>, (S
             ),
         ));
     };
-    (spec.build)(&p.config).map_err(|e| {
+    (spec.build)(&p.config, bctx).map_err(|e| {
         let path = if e.path.is_empty() {
             p.field.clone()
         } else {

@@ -18,9 +18,16 @@
 #![warn(missing_docs)]
 
 pub mod builtin;
+pub mod cors;
 mod ctx;
+pub mod ip_restriction;
+pub mod jwt;
+pub mod key_auth;
+pub mod metrics;
+pub mod rate_limit;
 mod reply;
 pub mod request_termination;
+pub mod shared;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -87,6 +94,12 @@ pub trait Plugin: Send + Sync + 'static {
     fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut http::response::Parts) {}
 }
 
+impl std::fmt::Debug for dyn Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({})", self.name())
+    }
+}
+
 /// A plugin config was rejected; `path` is relative to the plugin's config entry.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -125,8 +138,19 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Builds a plugin instance from its config.
-pub type Factory = fn(&serde_json::Value) -> Result<Arc<dyn Plugin>, PluginConfigError>;
+/// What a plugin may need to know when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildCtx<'a> {
+    /// `global` or the route's name: the scope of state such as rate-limit counters.
+    pub scope: &'a str,
+    /// Directory relative file paths in the plugin's config resolve against.
+    pub base_dir: &'a std::path::Path,
+}
+
+/// Builds a plugin instance from its config. Must not block on I/O or spawn tasks: `validate`
+/// builds plugins without a runtime; plugins that need I/O start it on first use.
+pub type Factory =
+    fn(&serde_json::Value, &BuildCtx<'_>) -> Result<Arc<dyn Plugin>, PluginConfigError>;
 
 /// A plugin known to the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -139,12 +163,40 @@ pub struct PluginSpec {
     pub build: Factory,
 }
 
-/// Every plugin the gateway knows, by config name.
-pub static REGISTRY: &[PluginSpec] = &[PluginSpec {
-    name: "request_termination",
-    priority: 2,
-    build: request_termination::build,
-}];
+/// Every plugin the gateway knows, by config name. Order of execution is by priority (higher
+/// first), as in Kong: IP rules, then CORS preflights, then authentication, then rate limits.
+pub static REGISTRY: &[PluginSpec] = &[
+    PluginSpec {
+        name: "ip_restriction",
+        priority: 3000,
+        build: ip_restriction::build,
+    },
+    PluginSpec {
+        name: "cors",
+        priority: 2000,
+        build: cors::build,
+    },
+    PluginSpec {
+        name: "jwt",
+        priority: 1450,
+        build: jwt::build,
+    },
+    PluginSpec {
+        name: "key_auth",
+        priority: 1250,
+        build: key_auth::build,
+    },
+    PluginSpec {
+        name: "rate_limit",
+        priority: 910,
+        build: rate_limit::build,
+    },
+    PluginSpec {
+        name: "request_termination",
+        priority: 2,
+        build: request_termination::build,
+    },
+];
 
 /// Looks a plugin up by name.
 pub fn find(name: &str) -> Option<&'static PluginSpec> {

@@ -36,7 +36,10 @@ pub struct RequestTermination {
 }
 
 /// Builds the plugin from its config.
-pub fn build(v: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginConfigError> {
+pub fn build(
+    v: &serde_json::Value,
+    _ctx: &crate::BuildCtx<'_>,
+) -> Result<Arc<dyn Plugin>, PluginConfigError> {
     let c: Config = parse_config(v)?;
     let status = StatusCode::from_u16(c.status.unwrap_or(503)).map_err(|_| PluginConfigError {
         path: "status".into(),
