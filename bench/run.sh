@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# Portcullis vs nginx as HTTP/1.1 reverse proxies, on one core each, in front of the same upstream.
+#
+#   core 0: the proxy under test (Portcullis with worker_threads: 1, or nginx with 1 worker)
+#   core 1: the load generator (wrk, 1 thread) and the upstream (nginx, 1 worker, fixed 200 body)
+#
+# Both proxies get the same wrk run (keep-alive on the client and on the upstream side) after a
+# warm-up. Reported per proxy: requests/s, p50/p99 latency, the proxy's CPU time per request,
+# its peak RSS; for Portcullis also idle RSS and the RSS added by many idle keep-alive clients.
+#
+# Environment (defaults): CONNS=64 DURATION=15 (seconds) WARMUP=3 (seconds) IDLE_CONNS=10000
+#   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output). CARGO_TARGET_DIR is honoured.
+# Installs nginx-light (or nginx) and wrk with apt-get when missing; builds Portcullis in release.
+set -euo pipefail
+
+CONNS=${CONNS:-64}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+KEEP_TMP=${KEEP_TMP:-0}
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+cd "$REPO"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+find_nginx() {
+  command -v nginx 2>/dev/null && return 0
+  [ -x /usr/sbin/nginx ] && { echo /usr/sbin/nginx; return 0; }
+  return 0
+}
+NGINX=$(find_nginx)
+need=()
+[ -n "$NGINX" ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]} (apt-get)"
+  $SUDO apt-get update -qq
+  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${need[@]}" >/dev/null; then
+    # Newer Debian releases have no nginx-light; the plain package does as well here.
+    need=("${need[@]/nginx-light/nginx}")
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${need[@]}" >/dev/null
+  fi
+  NGINX=$(find_nginx)
+fi
+[ -n "$NGINX" ] || die "nginx not found after installing it"
+command -v wrk >/dev/null 2>&1 || die "wrk not found after installing it"
+
+log "building portcullis (cargo build --release -p portcullis)"
+cargo build --release -p portcullis >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release/portcullis"
+[ -x "$BIN" ] || die "no binary at $BIN"
+
+# ---------------------------------------------------------------------------------------------
+# Cores, limits, temp dir, cleanup
+# ---------------------------------------------------------------------------------------------
+NCPU=$(getconf _NPROCESSORS_ONLN)
+PROXY_CORE=0
+LOAD_CORE=1
+if [ "$NCPU" -lt 2 ]; then
+  log "warning: only $NCPU CPU online; proxy and load generator share core 0"
+  LOAD_CORE=0
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# Portcullis (and the idle-connection helper) need one descriptor per connection.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 512)) ]; then
+  log "warning: open-files limit is $NOFILE (hard limit), below IDLE_CONNS=$IDLE_CONNS + margin"
+fi
+
+# nginx: descriptors per worker as the shell allows (worker_rlimit_nofile above the hard limit fails).
+NGX_NOFILE=$([ "$NOFILE" = unlimited ] && echo 65536 || echo "$NOFILE")
+NGX_WORKER_CONNECTIONS=$((NGX_NOFILE / 2))   # a proxied request holds a client and an upstream socket
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+chmod 755 "$TMP"   # nginx workers drop privileges when started as root
+
+PIDS=()            # processes this script started and has not reaped yet
+WORKERS=()         # nginx workers of those (stopped by their master; killed only if left over)
+track() { PIDS+=("$1"); }
+untrack() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+alive() { # running and not a zombie
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  [ "${s:0:1}" != Z ]
+}
+start_time() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0; s=${s##*) }; set -- $s; echo "${20}"; }
+stop_pid() { # TERM, up to 10 s grace, then KILL; reaps it if it is our child
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  untrack "$pid"
+}
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  # Reverse start order. nginx masters stop their own workers; a worker is only signalled if it
+  # outlived its master (a master that had to be killed).
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    p=${PIDS[i]}
+    if alive "$p"; then stop_pid "$p"; else wait "$p" 2>/dev/null || true; fi
+  done
+  for p in "${WORKERS[@]}"; do   # pid:starttime, so a recycled pid is never hit
+    if alive "${p%%:*}" && [ "$(start_time "${p%%:*}")" = "${p#*:}" ]; then
+      kill -KILL "${p%%:*}" 2>/dev/null || true
+    fi
+  done
+  if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Free loopback ports (bound together, so they are distinct, then released).
+read -r UP_PORT PC_PORT PC_ADMIN NGX_PORT PC2_PORT PC2_ADMIN < <(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+)
+
+render() { # template out KEY=VALUE...
+  local tmpl=$1 out=$2 kv args=()
+  shift 2
+  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${args[@]}" "$tmpl" >"$out"
+  if grep -v '^ *#' "$out" | grep -q '@[A-Z_]*@'; then die "unfilled placeholder in $out"; fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: waiting, HTTP, /proc readings, wrk parsing
+# ---------------------------------------------------------------------------------------------
+wait_port() { # port pid name logfile
+  local i
+  for i in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if ! alive "$2"; then
+      log "$3 exited during startup; its stderr:"
+      cat "$4" >&2 || true
+      exit 1
+    fi
+    sleep 0.05
+  done
+  log "$3 did not listen on 127.0.0.1:$1 within 10 s; its stderr:"
+  cat "$4" >&2 || true
+  exit 1
+}
+http_get() { # url -> "STATUS BODY" (body's first line)
+  python3 - "$1" <<'EOF'
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except Exception as e:
+    status, body = 0, repr(e).encode()
+print(status, body.decode(errors="replace").strip().splitlines()[0] if body.strip() else "")
+EOF
+}
+children_of() {
+  if [ -r "/proc/$1/task/$1/children" ]; then cat "/proc/$1/task/$1/children"; else pgrep -P "$1" || true; fi
+}
+nginx_worker() { # master pid -> worker pid
+  local i w
+  for i in $(seq 100); do
+    w=$(children_of "$1" | awk '{print $1}')
+    [ -n "$w" ] && { echo "$w"; return 0; }
+    sleep 0.05
+  done
+  die "nginx master $1 has no worker"
+}
+cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
+  local s
+  s=$(cat "/proc/$1/stat")
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13}))
+}
+status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+sys_busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4}' /proc/stat; } # user+nice+system, all CPUs
+children_ticks() { # CPU of reaped children of this shell, in ticks (from the `times` builtin)
+  times | awk -v hz="$CLK_TCK" 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%d\n", t * hz + 0.5 }'
+}
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+wrk_ms() { # percentile (50%, 99%) -> milliseconds
+  awk -v p="$2" '$1 == p && NF == 2 {
+    v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+    m = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1
+    printf "%.3f\n", v * m; exit }' "$1"
+}
+wrk_field() { # file what -> number
+  case "$2" in
+    rps) awk '/^Requests\/sec:/ {print $2}' "$1" ;;
+    requests) awk '/ requests in / {print $1}' "$1" ;;
+    non2xx) awk '/Non-2xx or 3xx responses:/ {print $NF; f=1} END {if (!f) print 0}' "$1" ;;
+    sockerr) awk '/Socket errors:/ {gsub(",", ""); s = $4 + $6 + $8 + $10; print s; f=1}
+                  END {if (!f) print 0}' "$1" ;;
+  esac
+}
+
+# bench NAME PORT PROXY_PID UPSTREAM_WORKER_PID -> sets R_* variables
+bench() {
+  local name=$1 port=$2 pid=$3 upw=$4 out wrk_pid
+  out="$TMP/$name.wrk.txt"
+  local url="http://127.0.0.1:$port/"
+  log "$name: warm-up ${WARMUP}s"
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >"$TMP/$name.warmup.txt" &
+  wrk_pid=$!; track "$wrk_pid"; wait "$wrk_pid"; untrack "$wrk_pid"
+  sleep 1
+  alive "$pid" || { log "$name died during warm-up"; return 1; }
+
+  log "$name: wrk -t1 -c$CONNS -d${DURATION}s --latency (load on core $LOAD_CORE, proxy on core $PROXY_CORE)"
+  local t0 u0 s0 c0 w0 t1 u1 s1 c1 w1 ns0 ns1
+  t0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$upw"); s0=$(sys_busy_ticks); c0=$(children_ticks)
+  ns0=$(date +%s%N)
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" &
+  wrk_pid=$!; track "$wrk_pid"; wait "$wrk_pid"; untrack "$wrk_pid"
+  ns1=$(date +%s%N)
+  alive "$pid" || { log "$name died under load"; cat "$out" >&2; return 1; }
+  t1=$(cpu_ticks "$pid"); u1=$(cpu_ticks "$upw"); s1=$(sys_busy_ticks); c1=$(children_ticks)
+
+  R_REQS=$(wrk_field "$out" requests)
+  R_RPS=$(wrk_field "$out" rps)
+  R_P50=$(wrk_ms "$out" 50%)
+  R_P99=$(wrk_ms "$out" 99%)
+  R_NON2XX=$(wrk_field "$out" non2xx)
+  R_SOCKERR=$(wrk_field "$out" sockerr)
+  [ -n "$R_REQS" ] && [ "$R_REQS" -gt 0 ] || { log "$name: wrk made no requests"; cat "$out" >&2; return 1; }
+  R_TICKS=$((t1 - t0))
+  R_CPU_US=$(awk -v t="$R_TICKS" -v hz="$CLK_TCK" -v n="$R_REQS" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  local wall
+  wall=$(awk -v a="$ns0" -v b="$ns1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
+  R_UTIL=$(awk -v t="$R_TICKS" -v hz="$CLK_TCK" -v w="$wall" 'BEGIN {printf "%.0f", t / hz / w * 100}')
+  # CPU used by processes that are not part of the benchmark (e.g. a concurrent cargo build):
+  # all user+system time on the machine minus the proxy, the upstream worker and wrk.
+  R_OTHER=$(awk -v all=$((s1 - s0)) -v ours=$((t1 - t0 + u1 - u0 + c1 - c0)) -v hz="$CLK_TCK" -v w="$wall" \
+    'BEGIN {o = (all - ours) / hz / w * 100; if (o < 0) o = 0; printf "%.0f", o}')
+  R_HWM=$(status_kb "$pid" VmHWM)
+  R_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+  return 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# Upstream (core LOAD_CORE)
+# ---------------------------------------------------------------------------------------------
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+RUSTC_START=$(pgrep -c -x rustc 2>/dev/null || true)
+log "machine: $NCPU CPUs, loadavg $LOADAVG_START, rustc processes running: ${RUSTC_START:-0}"
+
+mkdir -p "$TMP/upstream"
+render "$BENCH_DIR/upstream.nginx.conf.in" "$TMP/upstream/nginx.conf" DIR="$TMP/upstream" UPSTREAM_PORT="$UP_PORT" \
+  NOFILE="$NGX_NOFILE" WORKER_CONNECTIONS="$NGX_WORKER_CONNECTIONS"
+taskset -c "$LOAD_CORE" "$NGINX" -p "$TMP/upstream/" -c "$TMP/upstream/nginx.conf" -e "$TMP/upstream/error.log" \
+  >"$TMP/upstream/stdout" 2>"$TMP/upstream/stderr" &
+UP_MASTER=$!; track "$UP_MASTER"
+wait_port "$UP_PORT" "$UP_MASTER" "upstream nginx" "$TMP/upstream/stderr"
+UP_WORKER=$(nginx_worker "$UP_MASTER"); WORKERS+=("$UP_WORKER:$(start_time "$UP_WORKER")")
+read -r st body < <(http_get "http://127.0.0.1:$UP_PORT/")
+[ "$st" = 200 ] || die "upstream answered $st $body"
+log "upstream nginx on 127.0.0.1:$UP_PORT (master $UP_MASTER, worker $UP_WORKER): $st $body"
+
+# ---------------------------------------------------------------------------------------------
+# Proxy A: Portcullis (core PROXY_CORE)
+# ---------------------------------------------------------------------------------------------
+start_portcullis() { # dir port admin -> PC_PID, PC_IDLE_RSS
+  local dir=$1 port=$2 admin=$3 i st body
+  mkdir -p "$dir"
+  render "$BENCH_DIR/portcullis.yaml.in" "$dir/portcullis.yaml" \
+    PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT"
+  PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$BIN" run -c "$dir/portcullis.yaml" \
+    >"$dir/stdout" 2>"$dir/stderr" &
+  PC_PID=$!; track "$PC_PID"
+  wait_port "$port" "$PC_PID" "portcullis" "$dir/stderr"
+  for i in $(seq 100); do
+    read -r st body < <(http_get "http://127.0.0.1:$admin/readyz")
+    [ "$st" = 200 ] && break
+    sleep 0.05
+  done
+  [ "$st" = 200 ] || { log "portcullis /readyz: $st $body; stderr:"; cat "$dir/stderr" >&2; exit 1; }
+  PC_IDLE_RSS=$(status_kb "$PC_PID" VmRSS)   # right after start, before any proxied request
+  read -r st body < <(http_get "http://127.0.0.1:$port/")
+  if [ "$st" != 200 ]; then
+    log "portcullis answered $st $body to GET /; stderr:"; cat "$dir/stderr" >&2; exit 1
+  fi
+}
+
+start_portcullis "$TMP/portcullis" "$PC_PORT" "$PC_ADMIN"
+log "portcullis on 127.0.0.1:$PC_PORT (pid $PC_PID, $(taskset -p "$PC_PID" | awk '{print "affinity mask " $NF}'))"
+PC_IDLE_RSS_A=$PC_IDLE_RSS
+if ! bench portcullis "$PC_PORT" "$PC_PID" "$UP_WORKER"; then
+  log "portcullis stderr:"; cat "$TMP/portcullis/stderr" >&2; exit 1
+fi
+PC_REQS=$R_REQS PC_RPS=$R_RPS PC_P50=$R_P50 PC_P99=$R_P99 PC_NON2XX=$R_NON2XX PC_SOCKERR=$R_SOCKERR
+PC_CPU_US=$R_CPU_US PC_UTIL=$R_UTIL PC_OTHER=$R_OTHER PC_HWM=$R_HWM PC_LOAD=$R_LOAD
+stop_pid "$PC_PID"
+PC_STDERR_A="$TMP/portcullis/stderr"
+
+# ---------------------------------------------------------------------------------------------
+# Proxy B: nginx (core PROXY_CORE)
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$TMP/proxy-nginx"
+render "$BENCH_DIR/proxy.nginx.conf.in" "$TMP/proxy-nginx/nginx.conf" \
+  DIR="$TMP/proxy-nginx" UPSTREAM_PORT="$UP_PORT" PROXY_PORT="$NGX_PORT" \
+  NOFILE="$NGX_NOFILE" WORKER_CONNECTIONS="$NGX_WORKER_CONNECTIONS"
+taskset -c "$PROXY_CORE" "$NGINX" -p "$TMP/proxy-nginx/" -c "$TMP/proxy-nginx/nginx.conf" \
+  -e "$TMP/proxy-nginx/error.log" >"$TMP/proxy-nginx/stdout" 2>"$TMP/proxy-nginx/stderr" &
+NGX_MASTER=$!; track "$NGX_MASTER"
+wait_port "$NGX_PORT" "$NGX_MASTER" "proxy nginx" "$TMP/proxy-nginx/stderr"
+NGX_WORKER=$(nginx_worker "$NGX_MASTER"); WORKERS+=("$NGX_WORKER:$(start_time "$NGX_WORKER")")
+read -r st body < <(http_get "http://127.0.0.1:$NGX_PORT/")
+[ "$st" = 200 ] || die "proxy nginx answered $st $body"
+log "proxy nginx on 127.0.0.1:$NGX_PORT (master $NGX_MASTER, worker $NGX_WORKER)"
+bench nginx "$NGX_PORT" "$NGX_WORKER" "$UP_WORKER" || { cat "$TMP/proxy-nginx/error.log" >&2; exit 1; }
+NG_REQS=$R_REQS NG_RPS=$R_RPS NG_P50=$R_P50 NG_P99=$R_P99 NG_NON2XX=$R_NON2XX NG_SOCKERR=$R_SOCKERR
+NG_CPU_US=$R_CPU_US NG_UTIL=$R_UTIL NG_OTHER=$R_OTHER NG_HWM=$R_HWM NG_LOAD=$R_LOAD
+stop_pid "$NGX_MASTER"
+
+# ---------------------------------------------------------------------------------------------
+# Portcullis with many idle keep-alive clients (a fresh process, so the load run does not mix in)
+# ---------------------------------------------------------------------------------------------
+start_portcullis "$TMP/portcullis-idle" "$PC2_PORT" "$PC2_ADMIN"
+log "idle connections: $IDLE_CONNS keep-alive clients to a fresh portcullis (pid $PC_PID)"
+taskset -c "$LOAD_CORE" python3 "$BENCH_DIR/idle_conns.py" 127.0.0.1 "$PC2_PORT" "$PC_PID" "$IDLE_CONNS" \
+  >"$TMP/idle.txt" 2>"$TMP/idle.err" &
+IDLE_PID=$!; track "$IDLE_PID"
+IDLE_RC=0; wait "$IDLE_PID" || IDLE_RC=$?; untrack "$IDLE_PID"
+cat "$TMP/idle.err" >&2
+[ "$IDLE_RC" = 0 ] || { log "idle_conns.py failed ($IDLE_RC); portcullis stderr:"; cat "$TMP/portcullis-idle/stderr" >&2; exit 1; }
+kv() { awk -F= -v k="$1" '$1 == k {print $2}' "$TMP/idle.txt"; }
+IC_OPENED=$(kv conns_opened); IC_FAILED=$(kv conns_failed); IC_STILL=$(kv conns_still_open)
+IC_SECS=$(kv open_seconds); IC_BEFORE=$(kv rss_before_kb); IC_WITH=$(kv rss_with_conns_kb)
+IC_AFTER=$(kv rss_after_close_kb)
+IC_ADDED=$((IC_WITH - IC_BEFORE))
+IC_PER_CONN=$(awk -v a="$IC_ADDED" -v n="$IC_OPENED" 'BEGIN {if (n > 0) printf "%.0f", a * 1024 / n; else print "n/a"}')
+alive "$PC_PID" || { log "portcullis died in the idle-connection test; stderr:"; cat "$TMP/portcullis-idle/stderr" >&2; exit 1; }
+IC_HWM=$(status_kb "$PC_PID" VmHWM)
+stop_pid "$PC_PID"
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+R_CPU=$(ratio "$PC_CPU_US" "$NG_CPU_US")
+R_P99=$(ratio "$PC_P99" "$NG_P99")
+R_RPS=$(ratio "$PC_RPS" "$NG_RPS")
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT+dirty"
+NGINX_VER=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo
+echo "Portcullis vs nginx reverse proxy — $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "portcullis $COMMIT (release), nginx $NGINX_VER, $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')"
+echo "wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; proxy on core $PROXY_CORE;" \
+     "wrk + upstream nginx on core $LOAD_CORE; keep-alive both sides; open-files limit $NOFILE"
+echo
+printf '%-34s %14s %14s\n' "" "Portcullis" "nginx"
+printf '%-34s %14s %14s\n' "requests/s" "$PC_RPS" "$NG_RPS"
+printf '%-34s %14s %14s\n' "requests (total)" "$PC_REQS" "$NG_REQS"
+printf '%-34s %14s %14s\n' "p50 latency (ms)" "$PC_P50" "$NG_P50"
+printf '%-34s %14s %14s\n' "p99 latency (ms)" "$PC_P99" "$NG_P99"
+printf '%-34s %14s %14s\n' "proxy CPU per request (us)" "$PC_CPU_US" "$NG_CPU_US"
+printf '%-34s %14s %14s\n' "proxy CPU use (% of its core)" "$PC_UTIL" "$NG_UTIL"
+printf '%-34s %14s %14s\n' "peak RSS, VmHWM (MiB)" "$(mib "$PC_HWM")" "$(mib "$NG_HWM")"
+printf '%-34s %14s %14s\n' "non-2xx responses" "$PC_NON2XX" "$NG_NON2XX"
+printf '%-34s %14s %14s\n' "socket errors" "$PC_SOCKERR" "$NG_SOCKERR"
+printf '%-34s %14s %14s\n' "other processes' CPU (% of a core)" "$PC_OTHER" "$NG_OTHER"
+printf '%-34s %14s %14s\n' "loadavg after the run" "${PC_LOAD// //}" "${NG_LOAD// //}"
+echo
+echo "Portcullis/nginx: CPU per request ${R_CPU}x, p99 ${R_P99}x, requests/s ${R_RPS}x"
+echo
+echo "Portcullis memory"
+printf '  %-44s %10s MiB\n' "idle RSS right after start" "$(mib "$PC_IDLE_RSS_A")"
+printf '  %-44s %10s MiB\n' "RSS before the idle clients (fresh process)" "$(mib "$IC_BEFORE")"
+printf '  %-44s %10s MiB\n' "RSS with $IC_OPENED idle keep-alive clients" "$(mib "$IC_WITH")"
+printf '  %-44s %10s MiB  (%s bytes per connection)\n' "added by the idle clients" "$(mib "$IC_ADDED")" "$IC_PER_CONN"
+printf '  %-44s %10s MiB\n' "RSS after closing them" "$(mib "$IC_AFTER")"
+printf '  %-44s %10s MiB\n' "VmHWM of that process" "$(mib "$IC_HWM")"
+printf '  %s\n' "connections: $IC_OPENED opened in ${IC_SECS}s, $IC_FAILED failed, $IC_STILL still open when RSS was read"
+echo
+NOTES=()
+if [ "${PC_OTHER%.*}" -gt 10 ] || [ "${NG_OTHER%.*}" -gt 10 ]; then
+  NOTES+=("other processes used CPU during the runs (${PC_OTHER}% / ${NG_OTHER}% of a core): figures are noisy")
+fi
+if [ "${RUSTC_START:-0}" -gt 0 ]; then
+  NOTES+=("$RUSTC_START rustc processes were running when the benchmark started (loadavg $LOADAVG_START)")
+fi
+for who in PC NG; do
+  util_var="${who}_UTIL"
+  name=$([ "$who" = PC ] && echo Portcullis || echo nginx)
+  if [ "${!util_var}" -lt 90 ]; then
+    NOTES+=("$name used ${!util_var}% of its core: the load core (wrk + upstream) or other processes limited its requests/s; compare CPU per request")
+  fi
+done
+if [ "$PC_NON2XX" != 0 ] || [ "$PC_SOCKERR" != 0 ]; then
+  NOTES+=("Portcullis had errors under load (non-2xx $PC_NON2XX, socket $PC_SOCKERR)")
+fi
+if [ ${#NOTES[@]} -gt 0 ]; then
+  echo "Notes"
+  printf '  - %s\n' "${NOTES[@]}"
+  echo
+fi
+for f in "$PC_STDERR_A" "$TMP/portcullis-idle/stderr"; do
+  if [ -s "$f" ]; then
+    echo "Portcullis stderr ($(basename "$(dirname "$f")"), last 40 lines):"
+    tail -n 40 "$f" | sed 's/^/  | /'
+    echo
+  fi
+done
+
+cat <<EOF
+bench_commit=$COMMIT
+bench_conns=$CONNS
+bench_duration_s=$DURATION
+bench_loadavg_start=${LOADAVG_START// //}
+bench_loadavg_end=${LOADAVG_END// //}
+portcullis_rps=$PC_RPS
+portcullis_p50_ms=$PC_P50
+portcullis_p99_ms=$PC_P99
+portcullis_cpu_us_per_req=$PC_CPU_US
+portcullis_cpu_util_pct=$PC_UTIL
+portcullis_peak_rss_mib=$(mib "$PC_HWM")
+portcullis_errors=$((PC_NON2XX + PC_SOCKERR))
+portcullis_idle_rss_mib=$(mib "$PC_IDLE_RSS_A")
+portcullis_idle_conns=$IC_OPENED
+portcullis_idle_conns_rss_added_mib=$(mib "$IC_ADDED")
+portcullis_idle_conn_bytes_each=$IC_PER_CONN
+nginx_rps=$NG_RPS
+nginx_p50_ms=$NG_P50
+nginx_p99_ms=$NG_P99
+nginx_cpu_us_per_req=$NG_CPU_US
+nginx_cpu_util_pct=$NG_UTIL
+nginx_peak_rss_mib=$(mib "$NG_HWM")
+nginx_errors=$((NG_NON2XX + NG_SOCKERR))
+other_cpu_pct_portcullis_run=$PC_OTHER
+other_cpu_pct_nginx_run=$NG_OTHER
+ratio_cpu_per_req=$R_CPU
+ratio_p99=$R_P99
+ratio_rps=$R_RPS
+EOF
