@@ -115,6 +115,7 @@ pub struct Error {
     kind: ErrorKind,
     target: Option<Arc<str>>,
     timeout: Option<Duration>,
+    attempts: u32,
     source: Option<BoxError>,
 }
 
@@ -125,6 +126,7 @@ impl Error {
             kind,
             target: None,
             timeout: None,
+            attempts: 0,
             source: None,
         }
     }
@@ -145,6 +147,17 @@ impl Error {
     pub fn with_timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
         self
+    }
+
+    /// Records how many tries were made.
+    pub fn with_attempts(mut self, n: u32) -> Self {
+        self.attempts = n;
+        self
+    }
+
+    /// Tries made before giving up (0 when none was made, e.g. no healthy target).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// The kind.

@@ -89,5 +89,6 @@ pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
-    Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts, Upstream, UpstreamConfig,
+    Attempts, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts, Upstream,
+    UpstreamConfig,
 };

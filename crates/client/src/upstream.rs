@@ -324,6 +324,10 @@ impl<B> Drop for InFlight<B> {
     }
 }
 
+/// Tries it took to get a response (first try included): an extension of responses.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts(pub u32);
+
 /// What is kept of a request so it can be sent again.
 struct Replay {
     method: Method,
@@ -496,7 +500,7 @@ where
                 Ok(t) => t,
                 Err(kind) => {
                     inner.stats.record_unavailable(kind);
-                    return Err(Error::new(kind));
+                    return Err(Error::new(kind).with_attempts(attempt - 1));
                 }
             };
             tried.push(target.authority.clone());
@@ -524,8 +528,11 @@ where
                 });
             if !retry_allowed {
                 return match outcome {
-                    Tried::Response(r) => Ok(r),
-                    Tried::Failed(e, _) => Err(e),
+                    Tried::Response(mut r) => {
+                        r.extensions_mut().insert(Attempts(attempt));
+                        Ok(r)
+                    }
+                    Tried::Failed(e, _) => Err(e.with_attempts(attempt)),
                 };
             }
             let reason = reason.unwrap_or("other");

@@ -417,6 +417,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Answer used when the upstream is unavailable (breakers open, no healthy target).
     pub fallback: Option<DirectResponse>,
+    /// Objective, if declared.
+    pub slo: Option<Slo>,
     /// Route-level plugin config (overrides global entries of the same name).
     pub plugins: Vec<PluginConf>,
 }
@@ -444,12 +446,74 @@ pub enum AccessLogTarget {
 }
 
 /// Observability settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Observability {
-    /// Access log destination; off when `None`.
-    pub access_log: Option<AccessLogTarget>,
+    /// Access log; off when `None`.
+    pub access_log: Option<AccessLog>,
     /// OTLP endpoint, protocol and sampling ratio; off when `None`.
     pub tracing: Option<TracingConf>,
+    /// Window of route SLO computations.
+    pub slo_window: Duration,
+    /// Idle time after which a route counts as a ghost dependency.
+    pub ghost_after: Duration,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Self {
+            access_log: None,
+            tracing: None,
+            slo_window: Duration::from_secs(300),
+            ghost_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// Where lines go.
+    pub target: AccessLogTarget,
+    /// Fields written; all when empty.
+    pub fields: Vec<String>,
+    /// Share of successful requests logged.
+    pub sample_success: f64,
+    /// Whether the query string is logged.
+    pub include_query: bool,
+}
+
+/// Every access log field, in output order.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "client",
+    "method",
+    "host",
+    "path",
+    "protocol",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_ms",
+    "route",
+    "upstream",
+    "target",
+    "attempts",
+    "error",
+    "consumer",
+    "listener",
+];
+
+/// A route's objective.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    /// Target success percentage (non-5xx), if set.
+    pub success_rate: Option<f64>,
+    /// Target p99 latency, if set.
+    pub p99: Option<Duration>,
 }
 
 /// Tracing settings.
@@ -461,6 +525,8 @@ pub struct TracingConf {
     pub protocol: String,
     /// Sampling ratio 0..=1.
     pub sampling: f64,
+    /// `service.name` resource attribute.
+    pub service_name: String,
 }
 
 /// Resolver settings.

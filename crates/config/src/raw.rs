@@ -375,6 +375,9 @@ pub struct RawRoute {
     /// Answer sent instead of a 503 when the upstream's breakers are open or no target is healthy.
     #[serde(default)]
     pub fallback: Option<RawDirectResponse>,
+    /// Service level objective of the route.
+    #[serde(default)]
+    pub slo: Option<RawSlo>,
     /// Per-route plugin config keyed by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
@@ -499,6 +502,12 @@ pub struct RawObservability {
     /// OpenTelemetry tracing.
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// Window over which route SLOs are computed (default 5m).
+    #[serde(default)]
+    pub slo_window: Option<String>,
+    /// A route with no traffic for this long is flagged as a ghost dependency (default 1h).
+    #[serde(default)]
+    pub ghost_after: Option<String>,
 }
 
 /// Access log settings.
@@ -511,6 +520,15 @@ pub struct RawAccessLog {
     /// `json`.
     #[serde(default)]
     pub format: Option<String>,
+    /// Fields written (all when empty).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Share of successful (< 400) requests logged, 0..1 (default 1); failures always are.
+    #[serde(default)]
+    pub sample_success: Option<f64>,
+    /// Log the query string with the path (default false: it may carry secrets).
+    #[serde(default)]
+    pub include_query: bool,
 }
 
 /// Tracing settings.
@@ -526,4 +544,19 @@ pub struct RawTracing {
     /// Ratio of new traces sampled.
     #[serde(default)]
     pub sampling: Option<f64>,
+    /// `service.name` of the spans (default `portcullis`).
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+/// A route's service level objective.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// Target share of successful (non-5xx) requests, in percent, e.g. 99.95.
+    #[serde(default)]
+    pub success_rate: Option<f64>,
+    /// Target 99th percentile latency, e.g. `300ms`.
+    #[serde(default)]
+    pub p99: Option<String>,
 }

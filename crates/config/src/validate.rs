@@ -665,6 +665,17 @@ impl<'a> Validator<'a> {
             let response_headers =
                 self.header_ops(&format!("{p}.response_headers"), &r.response_headers);
             let timeout = self.opt_duration(&format!("{p}.timeout"), &r.timeout);
+            let slo = r.slo.as_ref().map(|o| {
+                if let Some(rate) = o.success_rate
+                    && !(0.0..=100.0).contains(&rate)
+                {
+                    self.err(format!("{p}.slo.success_rate"), "a percentage, e.g. 99.9");
+                }
+                Slo {
+                    success_rate: o.success_rate,
+                    p99: self.opt_duration(&format!("{p}.slo.p99"), &o.p99),
+                }
+            });
             let fallback = r.fallback.as_ref().and_then(|f| {
                 let fp = format!("{p}.fallback");
                 let status = match StatusCode::from_u16(f.status) {
@@ -709,6 +720,7 @@ impl<'a> Validator<'a> {
                     response_headers,
                     timeout,
                     fallback,
+                    slo,
                     plugins,
                 });
             }
@@ -937,8 +949,9 @@ impl<'a> Validator<'a> {
     }
 
     fn observability(&mut self, raw: Option<&RawObservability>) -> Observability {
+        let d = Observability::default();
         let Some(o) = raw else {
-            return Observability::default();
+            return d;
         };
         let access_log = o.access_log.as_ref().and_then(|a| {
             if let Some(f) = a.format.as_deref()
@@ -949,12 +962,36 @@ impl<'a> Validator<'a> {
                     format!("unknown format `{f}`: only json"),
                 );
             }
-            match a.path.as_deref() {
-                None | Some("stdout") => Some(AccessLogTarget::Stdout),
-                Some("stderr") => Some(AccessLogTarget::Stderr),
-                Some("off") => None,
-                Some(f) => Some(AccessLogTarget::File(self.base_dir.join(f))),
+            for (i, f) in a.fields.iter().enumerate() {
+                if !ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+                    self.err(
+                        format!("observability.access_log.fields[{i}]"),
+                        format!(
+                            "unknown field `{f}`; fields: {}",
+                            ACCESS_LOG_FIELDS.join(", ")
+                        ),
+                    );
+                }
             }
+            let sample_success = a.sample_success.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&sample_success) {
+                self.err(
+                    "observability.access_log.sample_success",
+                    "a ratio from 0 to 1",
+                );
+            }
+            let target = match a.path.as_deref() {
+                None | Some("stdout") => AccessLogTarget::Stdout,
+                Some("stderr") => AccessLogTarget::Stderr,
+                Some("off") => return None,
+                Some(f) => AccessLogTarget::File(self.base_dir.join(f)),
+            };
+            Some(AccessLog {
+                target,
+                fields: a.fields.clone(),
+                sample_success,
+                include_query: a.include_query,
+            })
         });
         let tracing = o.tracing.as_ref().and_then(|t| {
             let endpoint = t.otlp_endpoint.clone()?;
@@ -965,6 +1002,12 @@ impl<'a> Validator<'a> {
                     format!("unknown protocol `{protocol}`: use grpc or http"),
                 );
             }
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                self.err(
+                    "observability.tracing.otlp_endpoint",
+                    "an http:// or https:// URL, e.g. http://127.0.0.1:4317",
+                );
+            }
             let sampling = t.sampling.unwrap_or(1.0);
             if !(0.0..=1.0).contains(&sampling) {
                 self.err("observability.tracing.sampling", "a ratio from 0 to 1");
@@ -973,11 +1016,17 @@ impl<'a> Validator<'a> {
                 endpoint,
                 protocol,
                 sampling,
+                service_name: t
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "portcullis".into()),
             })
         });
         Observability {
             access_log,
             tracing,
+            slo_window: self.duration("observability.slo_window", &o.slo_window, d.slo_window),
+            ghost_after: self.duration("observability.ghost_after", &o.ghost_after, d.ghost_after),
         }
     }
 

@@ -20,8 +20,10 @@ mod framing;
 mod metrics;
 mod proxy;
 mod server;
+mod slo;
 mod snapshot;
 mod state;
+mod telemetry;
 mod tls;
 
 use control::Control;

@@ -1,15 +1,20 @@
 //! Prometheus metrics. Per-route handles are resolved once per config snapshot, so recording
 //! on the hot path is a few relaxed atomic adds: no label lookup, no lock.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::slo::RollingStats;
 use crate::snapshot::Snapshot;
+use crate::telemetry::Record;
 
 /// Latency buckets from 1 ms to 60 s, dense enough for p50/p99.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,6 +26,11 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    upstream_latency: HistogramVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    in_flight: IntGauge,
+    windows: Mutex<HashMap<String, Arc<RollingStats>>>,
     /// Config reloads by result (`ok` / `failed`).
     pub reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -32,19 +42,68 @@ pub struct Metrics {
     pub tls_failures: IntCounterVec,
 }
 
-/// Handles of one route (or of the "no route" bucket).
-#[derive(Clone)]
+/// Method label values; anything else is `OTHER`, so the label stays bounded.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &http::Method) -> usize {
+    METHODS[..9]
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(9)
+}
+
+/// Handles of one route (or of the "no route" bucket): resolved when the snapshot is built,
+/// counter cells created on first use, so recording is a few relaxed atomic adds.
 pub struct RouteMetrics {
-    by_class: [IntCounter; 5],
+    route: Arc<str>,
+    legs: Vec<Arc<str>>,
+    requests: IntCounterVec,
+    cells: Box<[OnceLock<IntCounter>]>,
     latency: Histogram,
+    upstream_latency: Vec<Histogram>,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    in_flight: IntGauge,
+    /// Rolling window of this route (kept across reloads).
+    pub stats: Arc<RollingStats>,
 }
 
 impl RouteMetrics {
-    /// Records one finished request.
-    pub fn record(&self, status: u16, seconds: f64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].inc();
-        self.latency.observe(seconds);
+    /// Counts a request that started.
+    pub fn start(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Records a finished request.
+    pub fn finish(&self, rec: &Record, bytes_out: u64, total: Duration, _complete: bool) {
+        self.in_flight.dec();
+        let class = (rec.status / 100).clamp(1, 5) as usize - 1;
+        let leg = rec.leg.min(self.legs.len().saturating_sub(1));
+        let m = method_index(&rec.method);
+        let idx = (leg * METHODS.len() + m) * CLASSES.len() + class;
+        if let Some(cell) = self.cells.get(idx) {
+            cell.get_or_init(|| {
+                let upstream = self.legs.get(leg).map_or("", |s| &**s);
+                self.requests.with_label_values(&[
+                    &*self.route,
+                    METHODS[m],
+                    CLASSES[class],
+                    upstream,
+                ])
+            })
+            .inc();
+        }
+        let secs = total.as_secs_f64();
+        self.latency.observe(secs);
+        if let (Some(t), Some(h)) = (rec.upstream_time, self.upstream_latency.get(leg)) {
+            h.observe(t.as_secs_f64());
+        }
+        self.bytes_in.inc_by(rec.bytes_in);
+        self.bytes_out.inc_by(bytes_out);
+        self.stats.record(total, rec.status >= 500);
     }
 }
 
@@ -67,20 +126,49 @@ impl Metrics {
         let requests = counter_vec(
             &registry,
             "portcullis_requests_total",
-            "Requests answered, by route and status class.",
-            &["route", "status_class"],
+            "Requests answered, by route, method, status class and upstream.",
+            &["route", "method", "status_class", "upstream"],
         );
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "portcullis_request_duration_seconds",
-                "Time from request head to response head, by route.",
+        let histogram = |name: &str, help: &str, label: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &[label],
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
+        };
+        let latency = histogram(
+            "portcullis_request_duration_seconds",
+            "Time from request head to the last response byte, by route.",
+            "route",
+        );
+        let upstream_latency = histogram(
+            "portcullis_upstream_duration_seconds",
+            "Time from sending to an upstream to its response head (retries included), by upstream.",
+            "upstream",
+        );
+        let bytes_in = counter_vec(
+            &registry,
+            "portcullis_request_bytes_total",
+            "Request body bytes received, by route.",
             &["route"],
+        );
+        let bytes_out = counter_vec(
+            &registry,
+            "portcullis_response_bytes_total",
+            "Response body bytes sent, by route.",
+            &["route"],
+        );
+        let in_flight = IntGauge::new(
+            "portcullis_requests_in_flight",
+            "Requests being served now.",
         )
-        .expect("valid histogram");
+        .expect("valid gauge");
         registry
-            .register(Box::new(latency.clone()))
+            .register(Box::new(in_flight.clone()))
             .expect("unique metric name");
         let reloads = counter_vec(
             &registry,
@@ -119,6 +207,11 @@ impl Metrics {
             registry,
             requests,
             latency,
+            upstream_latency,
+            bytes_in,
+            bytes_out,
+            in_flight,
+            windows: Mutex::new(HashMap::new()),
             reloads,
             config_info,
             connections,
@@ -127,12 +220,37 @@ impl Metrics {
         }
     }
 
-    /// Handles for a route name.
-    pub fn route(&self, route: &str) -> RouteMetrics {
-        let c = |class: &str| self.requests.with_label_values(&[route, class]);
+    /// Handles for a route whose traffic goes to `legs` (upstream names; empty for none).
+    /// Its rolling window survives reloads while the route keeps its name and `window`.
+    pub fn route(&self, route: &str, legs: &[&str], window: Duration) -> RouteMetrics {
+        let legs: Vec<Arc<str>> = if legs.is_empty() {
+            vec![Arc::from("")]
+        } else {
+            legs.iter().map(|l| Arc::from(*l)).collect()
+        };
+        let stats = {
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let key = format!("{route}|{}", window.as_millis());
+            w.entry(key)
+                .or_insert_with(|| Arc::new(RollingStats::new(window)))
+                .clone()
+        };
         RouteMetrics {
-            by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
+            route: route.into(),
+            cells: (0..legs.len() * METHODS.len() * CLASSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            requests: self.requests.clone(),
             latency: self.latency.with_label_values(&[route]),
+            upstream_latency: legs
+                .iter()
+                .map(|l| self.upstream_latency.with_label_values(&[&**l]))
+                .collect(),
+            bytes_in: self.bytes_in.with_label_values(&[route]),
+            bytes_out: self.bytes_out.with_label_values(&[route]),
+            in_flight: self.in_flight.clone(),
+            stats,
+            legs,
         }
     }
 
@@ -153,7 +271,16 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();
         render_upstreams(&mut out, snap);
+        render_slos(&mut out, snap);
         portcullis_plugins::metrics::render(&mut out);
+        if let Some(log) = &snap.access_log {
+            let _ = writeln!(
+                out,
+                "# HELP portcullis_access_log_lines_total Access log lines handed to the writer.\n# TYPE portcullis_access_log_lines_total counter\nportcullis_access_log_lines_total {}\n# HELP portcullis_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE portcullis_access_log_dropped_total counter\nportcullis_access_log_dropped_total {}",
+                log.lines.load(Ordering::Relaxed),
+                log.dropped.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -364,6 +491,81 @@ fn render_upstreams(out: &mut String, snap: &Snapshot) {
             }
         }
     }
+}
+
+/// SLO gauges of routes that declare an objective: measured values over the window, the
+/// objectives, and the share of the error budget left.
+fn render_slos(out: &mut String, snap: &Snapshot) {
+    let with_slo: Vec<(usize, &portcullis_config::Slo)> = snap
+        .config
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.slo.as_ref().map(|s| (i, s)))
+        .collect();
+    if with_slo.is_empty() {
+        return;
+    }
+    let rows: Vec<(&str, crate::slo::Summary, &portcullis_config::Slo)> = with_slo
+        .iter()
+        .map(|(i, slo)| {
+            (
+                &*snap.routes[*i].name,
+                snap.routes[*i].metrics.stats.summary(),
+                *slo,
+            )
+        })
+        .collect();
+    type Get = fn(&crate::slo::Summary, &portcullis_config::Slo) -> Option<f64>;
+    let series: [(&str, &str, Get); 5] = [
+        (
+            "portcullis_slo_success_ratio",
+            "Share of non-5xx answers over the SLO window (0..1).",
+            |m, _| Some(m.success_rate / 100.0),
+        ),
+        (
+            "portcullis_slo_p99_seconds",
+            "p99 latency over the SLO window.",
+            |m, _| Some(m.p99_ms / 1000.0),
+        ),
+        (
+            "portcullis_slo_objective_success_ratio",
+            "The route's success objective (0..1).",
+            |_, s| s.success_rate.map(|r| r / 100.0),
+        ),
+        (
+            "portcullis_slo_objective_p99_seconds",
+            "The route's p99 latency objective.",
+            |_, s| s.p99.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "portcullis_slo_error_budget_remaining_ratio",
+            "Share of the error budget left over the window (1 untouched, 0 spent, negative overspent).",
+            |m, s| s.success_rate.map(|r| error_budget_left(m, r)),
+        ),
+    ];
+    for (name, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (route, m, slo) in &rows {
+            if let Some(v) = get(m, slo) {
+                let v = if v.is_finite() { v } else { 1e9 };
+                let _ = writeln!(out, "{name}{{route=\"{}\"}} {v}", escape(route));
+            }
+        }
+    }
+}
+
+/// 1 - (observed error share / allowed error share).
+pub fn error_budget_left(m: &crate::slo::Summary, objective_pct: f64) -> f64 {
+    let allowed = (100.0 - objective_pct) / 100.0;
+    if m.requests == 0 {
+        return 1.0;
+    }
+    let observed = m.errors as f64 / m.requests as f64;
+    if allowed <= 0.0 {
+        return if observed > 0.0 { -1.0 } else { 1.0 };
+    }
+    1.0 - observed / allowed
 }
 
 fn escape(s: &str) -> String {

@@ -20,6 +20,7 @@ use crate::body::{BodyTooLarge, ReqBody, RespBody};
 use crate::errors::{GatewayError, render};
 use crate::snapshot::{RouteAction, RouteRuntime, Snapshot};
 use crate::state::ConnInfo;
+use crate::telemetry::{ObservedBody, Record};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -32,43 +33,74 @@ static X_REQUEST_ID: &HeaderName = &portcullis_plugins::builtin::X_REQUEST_ID;
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-) -> Result<Response<RespBody>, Infallible> {
+) -> Result<Response<ObservedBody>, Infallible> {
     let index = conn.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
     conn.state.in_flight.fetch_add(1, Ordering::Relaxed);
     if req.version() == Version::HTTP_2 {
         conn.state.h2.store(true, Ordering::Relaxed);
     }
-    let start = Instant::now();
     let snap = conn.shared.snapshot.load_full();
-    let (resp, route) = if conn.state.ambiguous.load(Ordering::Relaxed) == index {
+    snap.no_route.start();
+    let mut rec = Record {
+        start: Instant::now(),
+        request_id: None,
+        method: req.method().clone(),
+        host: None,
+        uri: req.uri().clone(),
+        version: req.version(),
+        client: conn.peer.ip(),
+        listener: conn.listener.name.clone(),
+        route: None,
+        upstream: None,
+        leg: 0,
+        target: None,
+        attempts: 0,
+        error: None,
+        consumer: None,
+        status: 0,
+        bytes_in: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        upstream_time: None,
+        trace: None,
+    };
+    let resp = if conn.state.ambiguous.load(Ordering::Relaxed) == index {
         let e = GatewayError::bad_request(
             "both Content-Length and Transfer-Encoding: ambiguous framing is refused",
         );
-        (render(&e, &request_id(req.headers())), None)
+        rec.error = Some("ambiguous_framing");
+        let rid = request_id(req.headers());
+        rec.request_id = Some(rid.clone());
+        render(&e, &rid)
     } else {
-        serve(req, &conn, &snap).await
+        let (resp, ctx) = serve(req, &conn, &snap, &mut rec).await;
+        if let Some(ctx) = ctx {
+            rec.consumer = ctx.consumer;
+        }
+        resp
     };
-    let elapsed = start.elapsed().as_secs_f64();
-    match route {
-        Some(i) => snap.routes[i]
-            .metrics
-            .record(resp.status().as_u16(), elapsed),
-        None => snap.no_route.record(resp.status().as_u16(), elapsed),
-    }
+    rec.status = resp.status().as_u16();
     conn.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    Ok(resp)
+    Ok(resp.map(|b| ObservedBody::new(b, rec, snap)))
 }
 
+/// The pipeline; returns the response and, once routed, the request context.
 async fn serve(
     req: Request<Incoming>,
     conn: &ConnInfo,
     snap: &Snapshot,
-) -> (Response<RespBody>, Option<usize>) {
+    rec: &mut Record,
+) -> (Response<RespBody>, Option<RequestCtx>) {
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
+    rec.request_id = Some(rid.clone());
     let limits = &conn.listener.limits;
 
     if let Err(e) = check_request(&parts, limits.max_header_bytes, limits.max_body_bytes) {
+        rec.error = Some(e.code);
         return (render(&e, &rid), None);
     }
     let client_ip = client_ip(
@@ -76,7 +108,9 @@ async fn serve(
         &parts.headers,
         &conn.listener.trusted_proxies,
     );
+    rec.client = client_ip;
     let host = request_host(&parts);
+    rec.host = host.clone();
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let hit = snap.router.lookup(&portcullis_router::Request {
         host: host_str,
@@ -91,16 +125,18 @@ async fn serve(
             "no_route",
             format!("no route for {} {}", parts.method, parts.uri.path()),
         );
+        rec.error = Some(e.code);
         return (render(&e, &rid), None);
     };
     let idx = *hit.value;
+    rec.route = Some(idx);
     let route = &snap.routes[idx];
     let mut ctx = RequestCtx::new(rid, client_ip, conn.listener.name.clone());
     ctx.route = route.name.clone();
 
     for p in &route.plugins {
         if let Flow::Respond(reply) = p.on_request(&mut ctx, &mut parts).resolve().await {
-            return (respond_reply(reply, route, &mut ctx), Some(idx));
+            return respond_reply(reply, route, ctx, rec);
         }
     }
 
@@ -111,15 +147,19 @@ async fn serve(
             for (n, v) in &d.headers {
                 resp.headers_mut().append(n.clone(), v.clone());
             }
-            return (response_phase(resp, route, &mut ctx), Some(idx));
+            return response_phase(resp, route, ctx);
         }
         RouteAction::Upstream(i) => *i,
         RouteAction::Split(legs, total) => {
             let r = fastrand::u64(..(*total).max(1));
-            let at = legs.partition_point(|(_, acc)| *acc <= r);
-            legs[at.min(legs.len() - 1)].0
+            let at = legs
+                .partition_point(|(_, acc)| *acc <= r)
+                .min(legs.len() - 1);
+            rec.leg = at;
+            legs[at].0
         }
     };
+    rec.upstream = Some(up_idx);
     let upstream = &snap.upstreams[up_idx];
 
     let websocket = is_websocket(&parts);
@@ -144,7 +184,7 @@ async fn serve(
     }
     for p in &route.plugins {
         if let Flow::Respond(reply) = p.on_upstream_request(&mut ctx, &mut parts).resolve().await {
-            return (respond_reply(reply, route, &mut ctx), Some(idx));
+            return respond_reply(reply, route, ctx, rec);
         }
     }
     let key = snap.hash_keys[up_idx]
@@ -170,7 +210,8 @@ async fn serve(
                     Err(e) => {
                         debug!(error = %e, "reading the request body failed");
                         let ge = GatewayError::bad_request("the request body could not be read");
-                        return (render(&ge, &ctx.request_id), Some(idx));
+                        rec.error = Some(ge.code);
+                        return (render(&ge, &ctx.request_id), Some(ctx));
                     }
                 }
             }
@@ -178,6 +219,7 @@ async fn serve(
         }
     };
     let req = Request::from_parts(parts, body);
+    let sent_at = Instant::now();
     let send = upstream.send(req, key);
     let result = match route.timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
@@ -186,9 +228,13 @@ async fn serve(
         },
         None => send.await,
     };
+    rec.upstream_time = Some(sent_at.elapsed());
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
+            rec.attempts = e.attempts().max(1);
+            rec.target = e.target().map(Arc::from);
+            rec.error = Some(e.kind().reason());
             let unavailable = matches!(
                 e.kind(),
                 ErrorKind::CircuitOpen | ErrorKind::NoHealthyTarget
@@ -199,7 +245,7 @@ async fn serve(
                 for (n, v) in &f.headers {
                     resp.headers_mut().append(n.clone(), v.clone());
                 }
-                return (response_phase(resp, route, &mut ctx), Some(idx));
+                return response_phase(resp, route, ctx);
             }
             let ge = if let Some(b) = e.find_source::<BodyTooLarge>() {
                 GatewayError::new(
@@ -219,10 +265,18 @@ async fn serve(
                 );
                 GatewayError::from_upstream(e.kind())
             };
+            if ge.code == "body_too_large" {
+                rec.error = Some(ge.code);
+            }
             let resp = render(&ge, &ctx.request_id);
-            return (response_phase(resp, route, &mut ctx), Some(idx));
+            return response_phase(resp, route, ctx);
         }
     };
+    rec.target = resp.body().target().map(Arc::from);
+    rec.attempts = resp
+        .extensions()
+        .get::<portcullis_client::Attempts>()
+        .map_or(1, |a| a.0);
     let switched = websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         match client_upgrade {
@@ -235,26 +289,34 @@ async fn serve(
     }
     strip_hop_by_hop(resp.headers_mut(), switched);
     let resp = resp.map(RespBody::upstream);
-    (response_phase(resp, route, &mut ctx), Some(idx))
+    response_phase(resp, route, ctx)
 }
 
 /// Runs the response phase of the route's plugins and adds headers plugins queued.
 fn response_phase(
     resp: Response<RespBody>,
     route: &RouteRuntime,
-    ctx: &mut RequestCtx,
-) -> Response<RespBody> {
+    mut ctx: RequestCtx,
+) -> (Response<RespBody>, Option<RequestCtx>) {
     let (mut parts, body) = resp.into_parts();
     for p in &route.plugins {
-        p.on_response(ctx, &mut parts);
+        p.on_response(&mut ctx, &mut parts);
     }
     for (n, v) in ctx.response_headers.drain(..) {
         parts.headers.append(n, v);
     }
-    Response::from_parts(parts, body)
+    (Response::from_parts(parts, body), Some(ctx))
 }
 
-fn respond_reply(reply: Reply, route: &RouteRuntime, ctx: &mut RequestCtx) -> Response<RespBody> {
+fn respond_reply(
+    reply: Reply,
+    route: &RouteRuntime,
+    ctx: RequestCtx,
+    rec: &mut Record,
+) -> (Response<RespBody>, Option<RequestCtx>) {
+    if let Reply::Error { code, .. } = &reply {
+        rec.error = Some(code);
+    }
     let resp = match reply {
         Reply::Error {
             status,

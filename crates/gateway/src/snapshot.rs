@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
+    /// The access log, when on.
+    pub access_log: Option<Arc<crate::telemetry::AccessLogger>>,
     /// The shared resolver and the settings it was built with.
     pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
@@ -270,13 +272,45 @@ impl Snapshot {
                 timeout: r.timeout,
                 fallback: r.fallback.clone(),
                 max_replay_body_bytes,
-                metrics: metrics.route(&r.name),
+                metrics: {
+                    let legs: Vec<&str> = match &r.action {
+                        Action::Upstream(i) => vec![config.upstreams[*i].name.as_str()],
+                        Action::Split(l) => l
+                            .iter()
+                            .map(|(i, _)| config.upstreams[*i].name.as_str())
+                            .collect(),
+                        Action::Direct(_) => Vec::new(),
+                    };
+                    metrics.route(&r.name, &legs, config.observability.slo_window)
+                },
             });
         }
 
+        let access_log = match &config.observability.access_log {
+            None => None,
+            Some(cfg) => match prev
+                .and_then(|p| p.access_log.clone())
+                .filter(|l| l.config() == cfg)
+            {
+                Some(same) => Some(same),
+                // `validate` checks the config without opening files or starting threads.
+                None if tokio::runtime::Handle::try_current().is_err() => None,
+                None => match crate::telemetry::AccessLogger::start(cfg.clone()) {
+                    Ok(l) => Some(Arc::new(l)),
+                    Err(e) => {
+                        errors.push(at(
+                            "observability.access_log.path",
+                            format!("cannot open the access log: {e}"),
+                        ));
+                        None
+                    }
+                },
+            },
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let no_route = metrics.route("", &[], config.observability.slo_window);
         let router = Router::new(
             config
                 .routes
@@ -293,7 +327,8 @@ impl Snapshot {
             hash_keys,
             fingerprints,
             listeners,
-            no_route: metrics.route(""),
+            no_route,
+            access_log,
             dns,
             loaded_at: SystemTime::now(),
         })

@@ -504,3 +504,31 @@ pub fn config(rest: &str) -> String {
         "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nruntime:\n  watch_interval: 200ms\n{rest}"
     )
 }
+
+/// Sums the series of metric `name` whose labels include every `(label, value)` of `want`
+/// (Prometheus text format); `None` when no series matches.
+pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let matches = want
+            .iter()
+            .all(|(k, v)| labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if matches && let Ok(v) = value.trim().parse::<f64>() {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}

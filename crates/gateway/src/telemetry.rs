@@ -1,0 +1,320 @@
+//! What is recorded about each request: the record filled in as the request goes, the response
+//! body wrapper that closes it when the last byte is out (bytes, duration, SLO window, access
+//! log line), and the access log writer.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use portcullis_client::BoxError;
+use portcullis_config::{AccessLog, AccessLogTarget};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::body::RespBody;
+use crate::snapshot::Snapshot;
+
+/// Facts about one request, filled in as it goes.
+#[derive(Debug)]
+pub struct Record {
+    /// When the head arrived.
+    pub start: Instant,
+    /// Request ID.
+    pub request_id: Option<HeaderValue>,
+    /// Method.
+    pub method: Method,
+    /// Host as the client sent it.
+    pub host: Option<HeaderValue>,
+    /// URI as the client sent it.
+    pub uri: Uri,
+    /// HTTP version.
+    pub version: Version,
+    /// Real client address.
+    pub client: IpAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Matched route index.
+    pub route: Option<usize>,
+    /// Upstream index.
+    pub upstream: Option<usize>,
+    /// Upstream leg of a split (0 otherwise).
+    pub leg: usize,
+    /// Target that answered.
+    pub target: Option<Arc<str>>,
+    /// Tries made.
+    pub attempts: u32,
+    /// Reason of a gateway-made error.
+    pub error: Option<&'static str>,
+    /// Authenticated consumer.
+    pub consumer: Option<String>,
+    /// Status sent.
+    pub status: u16,
+    /// Request body bytes (Content-Length when known).
+    pub bytes_in: u64,
+    /// Time the upstream took to answer with a head.
+    pub upstream_time: Option<Duration>,
+    /// Trace and span IDs of the request's server span.
+    pub trace: Option<([u8; 16], [u8; 8])>,
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that closes the request's record when it ends (or is dropped).
+    pub struct ObservedBody {
+        #[pin]
+        inner: RespBody,
+        rec: Option<Record>,
+        bytes_out: u64,
+        snap: Arc<Snapshot>,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its end: the client went away or the upstream failed mid-body.
+            let this = this.project();
+            finish(this.rec, *this.bytes_out, this.snap, false);
+        }
+    }
+}
+
+impl ObservedBody {
+    /// Wraps a response body.
+    pub fn new(inner: RespBody, rec: Record, snap: Arc<Snapshot>) -> Self {
+        Self {
+            inner,
+            rec: Some(rec),
+            bytes_out: 0,
+            snap,
+        }
+    }
+}
+
+fn finish(rec: &mut Option<Record>, bytes_out: u64, snap: &Snapshot, complete: bool) {
+    let Some(rec) = rec.take() else { return };
+    let total = rec.start.elapsed();
+    let metrics = match rec.route {
+        Some(i) => &snap.routes[i].metrics,
+        None => &snap.no_route,
+    };
+    metrics.finish(&rec, bytes_out, total, complete);
+    if let Some(log) = &snap.access_log {
+        log.log(&rec, bytes_out, total, snap);
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.bytes_out += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    finish(this.rec, *this.bytes_out, this.snap, true);
+                }
+            }
+            Poll::Ready(None) => finish(this.rec, *this.bytes_out, this.snap, true),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(rec) = this.rec.as_mut() {
+                    rec.error.get_or_insert("upstream_body");
+                }
+                finish(this.rec, *this.bytes_out, this.snap, false);
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for ObservedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedBody").finish_non_exhaustive()
+    }
+}
+
+/// Lines waiting for the writer thread, at most; beyond, lines are dropped and counted.
+const QUEUE: usize = 65_536;
+
+/// A buffered, non-blocking JSON access log: requests format a line and hand it to a writer
+/// thread through a bounded queue; a slow disk never stalls a request.
+pub struct AccessLogger {
+    cfg: AccessLog,
+    tx: SyncSender<String>,
+    /// Lines dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Lines written (handed to the writer).
+    pub lines: AtomicU64,
+}
+
+impl std::fmt::Debug for AccessLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogger")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl AccessLogger {
+    /// Opens the destination and starts the writer thread.
+    pub fn start(cfg: AccessLog) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match &cfg.target {
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::Stderr => Box::new(std::io::stderr()),
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, out))?;
+        Ok(Self {
+            cfg,
+            tx,
+            dropped: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+        })
+    }
+
+    /// The settings it was started with.
+    pub fn config(&self) -> &AccessLog {
+        &self.cfg
+    }
+
+    /// Logs one finished request (sampling successful ones as configured).
+    pub fn log(&self, rec: &Record, bytes_out: u64, total: Duration, snap: &Snapshot) {
+        if rec.status < 400
+            && self.cfg.sample_success < 1.0
+            && fastrand::f64() >= self.cfg.sample_success
+        {
+            return;
+        }
+        let line = self.format(rec, bytes_out, total, snap);
+        match self.tx.try_send(line) {
+            Ok(()) => {
+                self.lines.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn format(&self, rec: &Record, bytes_out: u64, total: Duration, snap: &Snapshot) -> String {
+        let hex = |b: &[u8]| -> String { b.iter().map(|x| format!("{x:02x}")).collect() };
+        let path = if self.cfg.include_query {
+            rec.uri.path_and_query().map_or("/", |p| p.as_str())
+        } else {
+            rec.uri.path()
+        };
+        let line = Line {
+            time: humantime::format_rfc3339_millis(SystemTime::now() - total).to_string(),
+            request_id: rec.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            trace_id: rec.trace.map(|(t, _)| hex(&t)),
+            span_id: rec.trace.map(|(_, s)| hex(&s)),
+            client: rec.client.to_string(),
+            method: rec.method.as_str(),
+            host: rec.host.as_ref().and_then(|v| v.to_str().ok()),
+            path,
+            protocol: match rec.version {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: rec.status,
+            bytes_in: rec.bytes_in,
+            bytes_out,
+            duration_ms: total.as_secs_f64() * 1000.0,
+            upstream_ms: rec.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            route: rec.route.map(|i| &*snap.routes[i].name),
+            upstream: rec.upstream.map(|i| snap.upstreams[i].name()),
+            target: rec.target.as_deref(),
+            attempts: rec.attempts,
+            error: rec.error,
+            consumer: rec.consumer.as_deref(),
+            listener: &rec.listener,
+        };
+        let mut v = match serde_json::to_value(&line) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return String::new(),
+        };
+        if !self.cfg.fields.is_empty() {
+            v.retain(|k, _| self.cfg.fields.iter().any(|f| f == k));
+        }
+        let mut s = serde_json::Value::Object(v).to_string();
+        s.push('\n');
+        s
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: Option<&'a str>,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    client: String,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    protocol: &'static str,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    target: Option<&'a str>,
+    attempts: u32,
+    error: Option<&'static str>,
+    consumer: Option<&'a str>,
+    listener: &'a str,
+}
+
+/// Writes queued lines, batching them; flushes when the queue runs dry.
+fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let _ = out.write_all(line.as_bytes());
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(more.as_bytes());
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
