@@ -736,7 +736,7 @@ where
                     debug!(target = %target.authority, error = %e, "pooled connection failed before a response; retrying on a new one");
                     target.stats.stale_recovered.fetch_add(1, Ordering::Relaxed);
                     req = r;
-                    sender = match self.connect_new(target).await {
+                    sender = match Box::pin(self.connect_new(target)).await {
                         Ok(s) => s,
                         Err(e) => return Tried::Failed(fail(e), Some(req)),
                     };
@@ -810,7 +810,7 @@ where
                 target.stats.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(Sender::H2(tx.clone()));
             }
-            let s = self.connect_new(target).await?;
+            let s = Box::pin(self.connect_new(target)).await?;
             if let Sender::H2(tx) = &s {
                 *slot = Some(tx.clone());
             }
@@ -839,7 +839,7 @@ where
                 }
             }
         }
-        let s = self.connect_new(target).await?;
+        let s = Box::pin(self.connect_new(target)).await?;
         if let Sender::H2(tx) = &s {
             // `auto` discovered HTTP/2 on this first connection: share it from now on.
             *target.pool.h2.lock().await = Some(tx.clone());

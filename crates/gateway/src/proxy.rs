@@ -76,7 +76,10 @@ pub async fn handle(
         rec.request_id = Some(rid.clone());
         render(&e, &rid)
     } else {
-        let (resp, ctx) = serve(req, &conn, &snap, &mut rec).await;
+        // Boxed: hyper keeps a connection's in-flight future allocated for the connection's
+        // whole life, so the pipeline's large state machine is held per request instead of
+        // per idle keep-alive connection.
+        let (resp, ctx) = Box::pin(serve(req, &conn, &snap, &mut rec)).await;
         if let Some(ctx) = ctx {
             rec.consumer = ctx.consumer;
         }

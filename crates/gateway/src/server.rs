@@ -171,13 +171,14 @@ async fn accept_loop(
         accepted.inc();
         let shared = shared.clone();
         let open = open.clone();
-        tokio::spawn(async move {
+        let task = async move {
             open.inc();
             let _drain = shared.enter();
             serve_conn(stream, peer, rt, shared).await;
             open.dec();
             drop(permit);
-        });
+        };
+        tokio::spawn(task);
     }
 }
 
@@ -193,7 +194,10 @@ async fn serve_conn(
         None => (ServerIo::Plain(stream), None, false),
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+            // Boxed: the handshake's state is large and only needed for the first moments of
+            // a connection; inline, every connection's task would carry it for its whole life.
+            let handshake = Box::pin(acceptor.accept(stream));
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(s)) => {
                     let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                     (ServerIo::Tls(Box::new(s)), Some(h2), true)
