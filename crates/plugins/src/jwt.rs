@@ -613,7 +613,15 @@ impl JwtAuth {
         v.leeway = self.leeway;
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not only right when present.
+        let mut required = vec!["exp"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if !self.audience.is_empty() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => v.set_issuer(&[iss]),
             None => v.iss = None,
@@ -808,7 +816,12 @@ impl JwtAuth {
         if let Some(j) = &self.jwks {
             let age = now_ms().saturating_sub(j.fetched_at.load(Ordering::Acquire));
             if j.fetched_at.load(Ordering::Acquire) == 0 {
-                j.fetch(&self.jwks_algorithms).await;
+                // Never fetched: try now, but while the endpoint fails, no more often than
+                // `jwks_min_refresh` (every request would otherwise make a fetch).
+                let since = now_ms().saturating_sub(j.last_attempt.load(Ordering::Acquire));
+                if since >= self.min_refresh.as_millis() as u64 {
+                    j.fetch(&self.jwks_algorithms).await;
+                }
             } else if age > self.refresh.as_millis() as u64
                 && !j.refreshing.swap(true, Ordering::AcqRel)
             {

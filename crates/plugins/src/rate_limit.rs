@@ -298,8 +298,16 @@ pub fn build(
 }
 
 impl RateLimit {
-    /// The key value for a request; `None` when the request has no such key (not limited).
-    fn key_of(&self, ctx: &RequestCtx, req: &http::request::Parts) -> Option<String> {
+    /// The key value for a request. A request without the configured key (no such header,
+    /// no consumer, no such claim) is limited by client address instead, as in Kong: leaving
+    /// the header out must not be a way around the limit.
+    fn key_of(&self, ctx: &RequestCtx, req: &http::request::Parts) -> String {
+        self.configured_key(ctx, req)
+            .unwrap_or_else(|| format!("ip:{}", ctx.client_ip))
+    }
+
+    /// The configured key's value, when the request has it.
+    fn configured_key(&self, ctx: &RequestCtx, req: &http::request::Parts) -> Option<String> {
         match &self.key {
             KeyKind::Ip => Some(ctx.client_ip.to_string()),
             KeyKind::Route => Some(String::new()),
@@ -476,11 +484,20 @@ impl RateLimit {
                 }
                 self.redis_failed(r, &e);
                 if self.deny_on_failure {
-                    Flow::Respond(Reply::error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "the rate limiter is unavailable",
-                    ))
+                    // A 429 comes with Retry-After and the RateLimit headers (contract).
+                    let one = HeaderValue::from_static("1");
+                    ctx.response_headers
+                        .push((RATELIMIT_LIMIT.clone(), self.limit_header.clone()));
+                    ctx.response_headers
+                        .push((RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0")));
+                    ctx.response_headers
+                        .push((RATELIMIT_RESET.clone(), one.clone()));
+                    Flow::Respond(Reply::Error {
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        code: "rate_limited",
+                        message: "the rate limiter is unavailable".into(),
+                        headers: vec![(http::header::RETRY_AFTER, one)],
+                    })
                 } else {
                     Flow::Continue
                 }
@@ -499,9 +516,7 @@ impl Plugin for RateLimit {
         ctx: &'a mut RequestCtx,
         req: &'a mut http::request::Parts,
     ) -> Step<'a> {
-        let Some(key) = self.key_of(ctx, req) else {
-            return Step::CONTINUE;
-        };
+        let key = self.key_of(ctx, req);
         match &self.backend {
             Backend::Local(l) => Step::Done(self.apply(self.local(l, &key), ctx)),
             Backend::Redis(r) => Step::Pending(Box::pin(self.decide_redis(r, key, ctx))),
