@@ -583,9 +583,9 @@ where
             permit,
         };
         let started = Instant::now();
-        let fut = self.send_to_inner(target, req, replay);
         let out = match cfg.retry.as_ref().and_then(|r| r.per_try_timeout) {
-            Some(t) => match tokio::time::timeout(t, fut).await {
+            Some(t) => match tokio::time::timeout(t, self.send_to_inner(target, req, replay)).await
+            {
                 Ok(o) => o,
                 Err(_) => {
                     target.stats.record_error(ErrorKind::PerTryTimeout);
@@ -597,7 +597,7 @@ where
                     )
                 }
             },
-            None => fut.await,
+            None => self.send_to_inner(target, req, replay).await,
         };
         let ok = match &out {
             Tried::Response(r) => !is_failure_status(r.status()),
@@ -799,9 +799,22 @@ where
         }
     }
 
-    /// A connection to send on: the shared HTTP/2 one, a pooled HTTP/1.1 one, or a new one
-    /// within the per-target connection limit.
+    /// A connection to send on: a pooled HTTP/1.1 one right away when there is one; otherwise
+    /// (shared HTTP/2, waiting at the connection limit, a new connection) the boxed slow path,
+    /// which keeps the hot path's future small.
     async fn sender(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
+        if target.pool.mode() != MODE_H2
+            && let Some(tx) = target.pool.checkout()
+        {
+            target.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(Sender::H1 { tx, reused: true });
+        }
+        Box::pin(self.sender_slow(target)).await
+    }
+
+    /// The shared HTTP/2 connection, a pooled HTTP/1.1 one after waiting at the limit, or a new
+    /// connection.
+    async fn sender_slow(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
         if target.pool.mode() == MODE_H2 {
             let mut slot = target.pool.h2.lock().await;
             if let Some(tx) = slot.as_ref()

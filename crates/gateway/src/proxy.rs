@@ -223,13 +223,12 @@ async fn serve(
     };
     let req = Request::from_parts(parts, body);
     let sent_at = Instant::now();
-    let send = upstream.send(req, key);
     let result = match route.timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
+        Some(t) => match tokio::time::timeout(t, upstream.send(req, key)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::new(ErrorKind::DeadlineExceeded).with_timeout(t)),
         },
-        None => send.await,
+        None => upstream.send(req, key).await,
     };
     rec.upstream_time = Some(sent_at.elapsed());
     let mut resp = match result {
