@@ -89,6 +89,6 @@ pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
-    Attempts, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts, Upstream,
-    UpstreamConfig,
+    AttemptHook, AttemptReport, Attempts, Protocol, ReplayBody, RequestBody, Target, TargetConfig,
+    Timeouts, Upstream, UpstreamConfig,
 };

@@ -324,6 +324,30 @@ impl<B> Drop for InFlight<B> {
     }
 }
 
+/// Watches the tries of one call: adjusts each try's headers (trace context) and hears how it
+/// went (trace spans). Both run inline; keep them cheap.
+pub trait AttemptHook: Sync {
+    /// Before try `n` (from 1) is sent.
+    fn before(&self, n: u32, headers: &mut HeaderMap);
+    /// After try `n` finished (response head or failure).
+    fn after(&self, n: u32, report: &AttemptReport<'_>);
+}
+
+/// How one try went.
+#[derive(Debug)]
+pub struct AttemptReport<'a> {
+    /// The target tried.
+    pub target: &'a str,
+    /// When it started.
+    pub started: Instant,
+    /// How long it took to a response head or failure.
+    pub elapsed: Duration,
+    /// The response status, when one came.
+    pub status: Option<u16>,
+    /// The failure, when it failed.
+    pub error: Option<ErrorKind>,
+}
+
 /// Tries it took to get a response (first try included): an extension of responses.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempts(pub u32);
@@ -470,6 +494,16 @@ where
         req: Request<B>,
         key: Option<u64>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
+        self.send_with(req, key, None).await
+    }
+
+    /// Like [`send`](Self::send), with a hook that sees every try.
+    pub async fn send_with(
+        &self,
+        req: Request<B>,
+        key: Option<u64>,
+        hook: Option<&dyn AttemptHook>,
+    ) -> Result<Response<ResponseBody<B>>, Error> {
         let inner = &*self.inner;
         if !inner.resolved_flag.load(Ordering::Acquire) {
             // The first DNS answer is not in yet: wait for it, within the connect timeout.
@@ -504,7 +538,28 @@ where
                 }
             };
             tried.push(target.authority.clone());
+            let mut request = request;
+            let started = Instant::now();
+            if let Some(h) = hook {
+                h.before(attempt, request.headers_mut());
+            }
             let outcome = self.try_once(&target, request, replay.as_ref()).await;
+            if let Some(h) = hook {
+                let (status, error) = match &outcome {
+                    Tried::Response(r) => (Some(r.status().as_u16()), None),
+                    Tried::Failed(e, _) => (None, Some(e.kind())),
+                };
+                h.after(
+                    attempt,
+                    &AttemptReport {
+                        target: &target.authority,
+                        started,
+                        elapsed: started.elapsed(),
+                        status,
+                        error,
+                    },
+                );
+            }
             let reason = match &outcome {
                 Tried::Response(resp) => policy
                     .filter(|p| p.on.statuses.contains(&resp.status().as_u16()))

@@ -18,6 +18,7 @@ mod echo;
 mod errors;
 mod framing;
 mod metrics;
+mod otel;
 mod proxy;
 mod server;
 mod slo;

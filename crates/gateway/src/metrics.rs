@@ -273,6 +273,15 @@ impl Metrics {
         render_upstreams(&mut out, snap);
         render_slos(&mut out, snap);
         portcullis_plugins::metrics::render(&mut out);
+        if let Some(t) = &snap.tracer {
+            let _ = writeln!(
+                out,
+                "# HELP portcullis_trace_spans_queued_total Spans handed to the exporter.\n# TYPE portcullis_trace_spans_queued_total counter\nportcullis_trace_spans_queued_total {}\n# HELP portcullis_trace_spans_exported_total Spans the collector accepted.\n# TYPE portcullis_trace_spans_exported_total counter\nportcullis_trace_spans_exported_total {}\n# HELP portcullis_trace_spans_dropped_total Spans dropped (queue full, collector slow or gone).\n# TYPE portcullis_trace_spans_dropped_total counter\nportcullis_trace_spans_dropped_total {}",
+                t.queued.load(Ordering::Relaxed),
+                t.exported.load(Ordering::Relaxed),
+                t.dropped.load(Ordering::Relaxed)
+            );
+        }
         if let Some(log) = &snap.access_log {
             let _ = writeln!(
                 out,

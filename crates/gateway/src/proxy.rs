@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -66,6 +67,8 @@ pub async fn handle(
             .unwrap_or(0),
         upstream_time: None,
         trace: None,
+        trace_ctx: None,
+        spans: Vec::new(),
     };
     let resp = if conn.state.ambiguous.load(Ordering::Relaxed) == index {
         let e = GatewayError::bad_request(
@@ -100,6 +103,11 @@ async fn serve(
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
     rec.request_id = Some(rid.clone());
+    if let Some(t) = &snap.tracer {
+        let ctx = t.context(&parts.headers);
+        rec.trace = Some((ctx.trace_id, ctx.span_id));
+        rec.trace_ctx = Some(ctx);
+    }
     let limits = &conn.listener.limits;
 
     if let Err(e) = check_request(&parts, limits.max_header_bytes, limits.max_body_bytes) {
@@ -138,7 +146,8 @@ async fn serve(
     ctx.route = route.name.clone();
 
     for p in &route.plugins {
-        if let Flow::Respond(reply) = p.on_request(&mut ctx, &mut parts).resolve().await {
+        let step = p.on_request(&mut ctx, &mut parts);
+        if let Flow::Respond(reply) = run_phase(step, p.name(), "request", rec).await {
             return respond_reply(reply, route, ctx, rec);
         }
     }
@@ -186,10 +195,13 @@ async fn serve(
         rewrite(&mut parts, &route.rewrite);
     }
     for p in &route.plugins {
-        if let Flow::Respond(reply) = p.on_upstream_request(&mut ctx, &mut parts).resolve().await {
+        let step = p.on_upstream_request(&mut ctx, &mut parts);
+        if let Flow::Respond(reply) = run_phase(step, p.name(), "upstream_request", rec).await {
             return respond_reply(reply, route, ctx, rec);
         }
     }
+    // The caller's trace context is replaced by ours for each try (see TraceHook).
+    parts.headers.remove(&crate::otel::TRACEPARENT);
     let key = snap.hash_keys[up_idx]
         .as_ref()
         .map(|k| request_hash(k, &parts, client_ip));
@@ -223,13 +235,25 @@ async fn serve(
     };
     let req = Request::from_parts(parts, body);
     let sent_at = Instant::now();
+    let hook = rec.trace_ctx.as_ref().map(|t| TraceHook {
+        ctx: t,
+        upstream: upstream.name(),
+        spans: std::sync::Mutex::new(Vec::new()),
+    });
+    let hook_ref = hook
+        .as_ref()
+        .map(|h| h as &dyn portcullis_client::AttemptHook);
     let result = match route.timeout {
-        Some(t) => match tokio::time::timeout(t, upstream.send(req, key)).await {
+        Some(t) => match tokio::time::timeout(t, upstream.send_with(req, key, hook_ref)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::new(ErrorKind::DeadlineExceeded).with_timeout(t)),
         },
-        None => upstream.send(req, key).await,
+        None => upstream.send_with(req, key, hook_ref).await,
     };
+    if let Some(h) = hook {
+        rec.spans
+            .extend(h.spans.into_inner().unwrap_or_else(|p| p.into_inner()));
+    }
     rec.upstream_time = Some(sent_at.elapsed());
     let mut resp = match result {
         Ok(r) => r,
@@ -292,6 +316,91 @@ async fn serve(
     strip_hop_by_hop(resp.headers_mut(), switched);
     let resp = resp.map(RespBody::upstream);
     response_phase(resp, route, ctx)
+}
+
+/// Resolves a plugin phase; a phase that waited on I/O becomes a span of its own.
+async fn run_phase(
+    step: portcullis_plugins::Step<'_>,
+    plugin: &'static str,
+    phase: &'static str,
+    rec: &mut Record,
+) -> Flow {
+    match step {
+        portcullis_plugins::Step::Done(f) => f,
+        portcullis_plugins::Step::Pending(fut) => {
+            let started = Instant::now();
+            let flow = fut.await;
+            if let Some(ctx) = rec.trace_ctx.as_ref().filter(|c| c.sampled) {
+                let took = started.elapsed();
+                let end = crate::otel::unix_nanos_ago(Duration::ZERO);
+                rec.spans.push(crate::otel::SpanData {
+                    trace_id: ctx.trace_id,
+                    span_id: fastrand::u64(1..).to_be_bytes(),
+                    parent: Some(ctx.span_id),
+                    name: format!("plugin {plugin} {phase}"),
+                    kind: 1,
+                    start: end.saturating_sub(took.as_nanos() as u64),
+                    end,
+                    attributes: vec![(
+                        "portcullis.plugin",
+                        crate::otel::Attr::Str(plugin.to_owned()),
+                    )],
+                    error: None,
+                });
+            }
+            flow
+        }
+    }
+}
+
+/// Puts our trace context on each upstream try and turns each try into a client span.
+struct TraceHook<'a> {
+    ctx: &'a crate::otel::TraceCtx,
+    upstream: &'a str,
+    spans: std::sync::Mutex<Vec<crate::otel::SpanData>>,
+}
+
+impl portcullis_client::AttemptHook for TraceHook<'_> {
+    fn before(&self, n: u32, headers: &mut HeaderMap) {
+        headers.insert(
+            crate::otel::TRACEPARENT.clone(),
+            self.ctx.traceparent(self.ctx.attempt_span(n)),
+        );
+        if let Some(state) = &self.ctx.state {
+            headers.insert(crate::otel::TRACESTATE.clone(), state.clone());
+        }
+    }
+
+    fn after(&self, n: u32, r: &portcullis_client::AttemptReport<'_>) {
+        if !self.ctx.sampled {
+            return;
+        }
+        use crate::otel::Attr;
+        let start = crate::otel::unix_nanos_ago(r.started.elapsed());
+        let mut attributes = vec![
+            ("server.address", Attr::Str(r.target.to_owned())),
+            ("portcullis.upstream", Attr::Str(self.upstream.to_owned())),
+            ("portcullis.attempt", Attr::Int(i64::from(n))),
+        ];
+        if let Some(s) = r.status {
+            attributes.push(("http.response.status_code", Attr::Int(i64::from(s))));
+        }
+        let span = crate::otel::SpanData {
+            trace_id: self.ctx.trace_id,
+            span_id: self.ctx.attempt_span(n),
+            parent: Some(self.ctx.span_id),
+            name: format!("upstream {} try {n}", self.upstream),
+            kind: 3,
+            start,
+            end: start + r.elapsed.as_nanos() as u64,
+            attributes,
+            error: r.error.map(|k| k.reason().to_owned()),
+        };
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(span);
+    }
 }
 
 /// Runs the response phase of the route's plugins and adds headers plugins queued.

@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub no_route: RouteMetrics,
     /// The access log, when on.
     pub access_log: Option<Arc<crate::telemetry::AccessLogger>>,
+    /// The tracer, when tracing is on.
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
     /// The shared resolver and the settings it was built with.
     pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
@@ -307,6 +309,26 @@ impl Snapshot {
                 },
             },
         };
+        let tracer = match &config.observability.tracing {
+            None => None,
+            Some(cfg) => match prev.and_then(|p| p.tracer.clone()).filter(|t| {
+                let c = t.config();
+                c.endpoint == cfg.endpoint
+                    && c.protocol == cfg.protocol
+                    && c.service_name == cfg.service_name
+                    && c.sampling == cfg.sampling
+            }) {
+                Some(same) => Some(same),
+                None if tokio::runtime::Handle::try_current().is_err() => None,
+                None => match crate::otel::Tracer::start(cfg.clone()) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) => {
+                        errors.push(at("observability.tracing.otlp_endpoint", e));
+                        None
+                    }
+                },
+            },
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -329,6 +351,7 @@ impl Snapshot {
             listeners,
             no_route,
             access_log,
+            tracer,
             dns,
             loaded_at: SystemTime::now(),
         })

@@ -63,6 +63,10 @@ pub struct Record {
     pub upstream_time: Option<Duration>,
     /// Trace and span IDs of the request's server span.
     pub trace: Option<([u8; 16], [u8; 8])>,
+    /// The trace context, when tracing is on.
+    pub trace_ctx: Option<crate::otel::TraceCtx>,
+    /// Child spans (upstream tries, plugin I/O) to export with the server span.
+    pub spans: Vec<crate::otel::SpanData>,
 }
 
 pin_project_lite::pin_project! {
@@ -97,7 +101,7 @@ impl ObservedBody {
 }
 
 fn finish(rec: &mut Option<Record>, bytes_out: u64, snap: &Snapshot, complete: bool) {
-    let Some(rec) = rec.take() else { return };
+    let Some(mut rec) = rec.take() else { return };
     let total = rec.start.elapsed();
     let metrics = match rec.route {
         Some(i) => &snap.routes[i].metrics,
@@ -106,6 +110,72 @@ fn finish(rec: &mut Option<Record>, bytes_out: u64, snap: &Snapshot, complete: b
     metrics.finish(&rec, bytes_out, total, complete);
     if let Some(log) = &snap.access_log {
         log.log(&rec, bytes_out, total, snap);
+    }
+    if let (Some(tracer), Some(ctx)) = (&snap.tracer, rec.trace_ctx.take())
+        && ctx.sampled
+    {
+        export_spans(tracer, &ctx, &mut rec, bytes_out, total, snap);
+    }
+}
+
+/// The server span of a finished request, and its children.
+fn export_spans(
+    tracer: &crate::otel::Tracer,
+    ctx: &crate::otel::TraceCtx,
+    rec: &mut Record,
+    bytes_out: u64,
+    total: Duration,
+    snap: &Snapshot,
+) {
+    use crate::otel::{Attr, SpanData};
+    let route = rec.route.map(|i| snap.routes[i].name.to_string());
+    let mut attributes = vec![
+        (
+            "http.request.method",
+            Attr::Str(rec.method.as_str().to_owned()),
+        ),
+        ("url.path", Attr::Str(rec.uri.path().to_owned())),
+        (
+            "http.response.status_code",
+            Attr::Int(i64::from(rec.status)),
+        ),
+        ("client.address", Attr::Str(rec.client.to_string())),
+        ("http.response.body.size", Attr::Int(bytes_out as i64)),
+        ("portcullis.listener", Attr::Str(rec.listener.to_string())),
+    ];
+    if let Some(r) = &route {
+        attributes.push(("http.route", Attr::Str(r.clone())));
+    }
+    if let Some(h) = rec.host.as_ref().and_then(|h| h.to_str().ok()) {
+        attributes.push(("server.address", Attr::Str(h.to_owned())));
+    }
+    if let Some(id) = rec.request_id.as_ref().and_then(|h| h.to_str().ok()) {
+        attributes.push(("portcullis.request_id", Attr::Str(id.to_owned())));
+    }
+    if let Some(u) = rec.upstream {
+        attributes.push((
+            "portcullis.upstream",
+            Attr::Str(snap.upstreams[u].name().to_owned()),
+        ));
+        attributes.push(("portcullis.attempts", Attr::Int(i64::from(rec.attempts))));
+    }
+    if let Some(c) = &rec.consumer {
+        attributes.push(("enduser.id", Attr::Str(c.clone())));
+    }
+    let end = crate::otel::unix_nanos_ago(Duration::ZERO);
+    tracer.export(SpanData {
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent: ctx.parent,
+        name: format!("{} {}", rec.method, route.as_deref().unwrap_or("no_route")),
+        kind: 2,
+        start: end.saturating_sub(total.as_nanos() as u64),
+        end,
+        attributes,
+        error: (rec.status >= 500).then(|| rec.error.unwrap_or("server error").to_owned()),
+    });
+    for s in rec.spans.drain(..) {
+        tracer.export(s);
     }
 }
 
