@@ -21,6 +21,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/routes", get(routes))
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/reload", post(reload))
+        .route("/admin/slo", get(slo))
+        .route("/admin/topology", get(topology))
+        .route("/admin/log_level", get(get_log_level).put(set_log_level))
         .route_layer(middleware::from_fn_with_state(
             control.clone(),
             require_token,
@@ -223,5 +226,43 @@ async fn reload(State(c): State<Arc<Control>>) -> Response {
                 "problems": refused.0,
             }),
         ),
+    }
+}
+
+async fn slo(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    Json200(crate::topology::slo_json(&snap)).into_response()
+}
+
+async fn topology(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let listeners = c.addresses().await;
+    Json200(crate::topology::topology_json(
+        &snap,
+        &c.sampler,
+        &listeners,
+        c.started_ms,
+    ))
+    .into_response()
+}
+
+async fn get_log_level() -> Response {
+    Json200(json!({ "filter": crate::logging::current() })).into_response()
+}
+
+/// Body: a filter such as `debug` or `portcullis=debug,info`, as text or `{"filter": "..."}`.
+async fn set_log_level(body: String) -> Response {
+    let spec = match serde_json::from_str::<Value>(&body) {
+        Ok(v) => v
+            .get("filter")
+            .or_else(|| v.get("level"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        Err(_) => body.trim().to_owned(),
+    };
+    match crate::logging::set(&spec) {
+        Ok(()) => Json200(json!({ "filter": spec })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
     }
 }

@@ -24,6 +24,10 @@ pub struct Control {
     /// Shared process state.
     pub shared: Arc<Shared>,
     listeners: tokio::sync::Mutex<Listeners>,
+    /// Target rates for the topology view.
+    pub sampler: Arc<crate::topology::TargetSampler>,
+    /// Unix ms when the gateway started.
+    pub started_ms: u64,
 }
 
 /// Reads and validates the config from its source. Blocking.
@@ -70,9 +74,12 @@ impl Control {
         listeners.commit(prepared, &want, &shared);
         shared.metrics.set_config(&hash);
         shared.ready.store(true, Ordering::Release);
+        let sampler = crate::topology::TargetSampler::spawn(shared.clone());
         Ok(Arc::new(Self {
             shared,
             listeners: tokio::sync::Mutex::new(listeners),
+            sampler,
+            started_ms: (unix_seconds(SystemTime::now()) * 1000.0) as u64,
         }))
     }
 

@@ -1,6 +1,6 @@
 //! The `portcullis` binary: `run`, `validate`, `echo`, `version`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +17,7 @@ mod control;
 mod echo;
 mod errors;
 mod framing;
+mod logging;
 mod metrics;
 mod otel;
 mod proxy;
@@ -26,6 +27,7 @@ mod snapshot;
 mod state;
 mod telemetry;
 mod tls;
+mod topology;
 
 use control::Control;
 use metrics::Metrics;
@@ -97,13 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init();
 }
 
 fn validate(path: &Path) -> ExitCode {

@@ -1,0 +1,52 @@
+//! The gateway's own log: to stderr, filtered by `PORTCULLIS_LOG`, and the filter changeable at
+//! runtime through the admin API (no restart to turn debug logs on during an incident).
+
+use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock};
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+struct Level {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+static LEVEL: OnceLock<Level> = OnceLock::new();
+
+/// Installs the global subscriber.
+pub fn init() {
+    let spec = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry().with(layer).with(fmt).init();
+    let _ = LEVEL.set(Level {
+        handle,
+        current: Mutex::new(spec),
+    });
+}
+
+/// The filter in force, e.g. `info` or `portcullis=debug,info`.
+pub fn current() -> String {
+    LEVEL
+        .get()
+        .map(|l| l.current.lock().map(|c| c.clone()).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Replaces the filter; `Err` says why the spec is not valid.
+pub fn set(spec: &str) -> Result<(), String> {
+    let spec = spec.trim();
+    let filter = EnvFilter::try_new(spec).map_err(|e| format!("invalid filter `{spec}`: {e}"))?;
+    let level = LEVEL.get().ok_or("logging is not initialised")?;
+    level.handle.reload(filter).map_err(|e| e.to_string())?;
+    if let Ok(mut c) = level.current.lock() {
+        *c = spec.to_owned();
+    }
+    tracing::info!(filter = spec, "log filter changed");
+    Ok(())
+}
