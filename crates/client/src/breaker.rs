@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::window::PairWindow;
 
 /// Breaker settings.
 #[derive(Debug, Clone)]
@@ -65,7 +66,6 @@ impl BreakerState {
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
-const BUCKETS: usize = 10;
 
 /// Permission to make one call, to be passed back with its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,10 +80,8 @@ pub enum Permit {
 #[derive(Debug)]
 pub struct Breaker {
     cfg: BreakerConfig,
-    bucket_ms: u64,
-    epochs: [AtomicU64; BUCKETS],
-    ok: [AtomicU32; BUCKETS],
-    failed: [AtomicU32; BUCKETS],
+    /// Successes and failures.
+    calls: PairWindow,
     state: AtomicU8,
     opened_at: AtomicU64,
     probes_taken: AtomicU32,
@@ -97,13 +95,9 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker.
     pub fn new(cfg: BreakerConfig) -> Self {
-        let bucket_ms = (cfg.window.as_millis() as u64 / BUCKETS as u64).max(1);
         Self {
+            calls: PairWindow::new(cfg.window),
             cfg,
-            bucket_ms,
-            epochs: Default::default(),
-            ok: Default::default(),
-            failed: Default::default(),
             state: AtomicU8::new(CLOSED),
             opened_at: AtomicU64::new(0),
             probes_taken: AtomicU32::new(0),
@@ -187,20 +181,19 @@ impl Breaker {
                         .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    self.reset_window();
+                    self.calls.clear();
                 }
             }
             Permit::Normal => {
-                let i = self.bucket();
                 if success {
-                    self.ok[i].fetch_add(1, Ordering::Relaxed);
+                    self.calls.add(1, 0);
                     return;
                 }
-                self.failed[i].fetch_add(1, Ordering::Relaxed);
+                self.calls.add(0, 1);
                 if self.state.load(Ordering::Acquire) != CLOSED {
                     return;
                 }
-                let (ok, failed) = self.totals();
+                let (ok, failed) = self.calls.totals();
                 let total = ok + failed;
                 if total >= u64::from(self.cfg.min_requests)
                     && failed as f64 / total as f64 >= self.cfg.failure_rate
@@ -226,40 +219,6 @@ impl Breaker {
         {
             self.opened_at.store(now_ms(), Ordering::Release);
             self.opened_total.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn bucket(&self) -> usize {
-        let epoch = now_ms() / self.bucket_ms;
-        let i = (epoch % BUCKETS as u64) as usize;
-        let seen = self.epochs[i].load(Ordering::Acquire);
-        if seen != epoch
-            && self.epochs[i]
-                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.ok[i].store(0, Ordering::Release);
-            self.failed[i].store(0, Ordering::Release);
-        }
-        i
-    }
-
-    fn totals(&self) -> (u64, u64) {
-        let epoch = now_ms() / self.bucket_ms;
-        let (mut ok, mut failed) = (0u64, 0u64);
-        for i in 0..BUCKETS {
-            if epoch.saturating_sub(self.epochs[i].load(Ordering::Acquire)) < BUCKETS as u64 {
-                ok += u64::from(self.ok[i].load(Ordering::Relaxed));
-                failed += u64::from(self.failed[i].load(Ordering::Relaxed));
-            }
-        }
-        (ok, failed)
-    }
-
-    fn reset_window(&self) {
-        for i in 0..BUCKETS {
-            self.ok[i].store(0, Ordering::Release);
-            self.failed[i].store(0, Ordering::Release);
         }
     }
 }

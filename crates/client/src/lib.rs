@@ -77,6 +77,7 @@ mod pool;
 pub mod retry;
 mod stats;
 mod upstream;
+mod window;
 
 pub use balance::{Balancer, Policy, hash_key};
 pub use body::ResponseBody;

@@ -1,13 +1,12 @@
 //! Retries: which failures are retried, for which requests, how long to wait, and the budget
 //! that stops a retry storm.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
-use crate::clock::now_ms;
 use crate::error::ErrorKind;
+use crate::window::PairWindow;
 
 /// When a failed try may be retried.
 #[derive(Debug, Clone, Default)]
@@ -102,8 +101,8 @@ pub fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
     ) || headers.contains_key("idempotency-key")
 }
 
-const BUCKETS: usize = 10;
-const BUCKET_MS: u64 = 1000;
+/// The window retries are budgeted over.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// A retry budget over the last ten seconds, as Finagle's and Envoy's: retries may add at most
 /// `percent` of the requests seen, plus a small floor per second so low traffic can still
@@ -112,9 +111,8 @@ const BUCKET_MS: u64 = 1000;
 pub struct RetryBudget {
     percent: f64,
     min_per_sec: u32,
-    epochs: [AtomicU64; BUCKETS],
-    requests: [AtomicU64; BUCKETS],
-    retries: [AtomicU64; BUCKETS],
+    /// Requests and retries.
+    counts: PairWindow,
 }
 
 impl RetryBudget {
@@ -123,57 +121,24 @@ impl RetryBudget {
         Self {
             percent,
             min_per_sec,
-            epochs: Default::default(),
-            requests: Default::default(),
-            retries: Default::default(),
+            counts: PairWindow::new(BUDGET_WINDOW),
         }
-    }
-
-    fn bucket(&self) -> usize {
-        let epoch = now_ms() / BUCKET_MS;
-        let i = (epoch % BUCKETS as u64) as usize;
-        let seen = self.epochs[i].load(Ordering::Acquire);
-        if seen != epoch
-            && self.epochs[i]
-                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.requests[i].store(0, Ordering::Release);
-            self.retries[i].store(0, Ordering::Release);
-        }
-        i
-    }
-
-    fn totals(&self) -> (u64, u64) {
-        let epoch = now_ms() / BUCKET_MS;
-        let mut req = 0;
-        let mut ret = 0;
-        for i in 0..BUCKETS {
-            let e = self.epochs[i].load(Ordering::Acquire);
-            if epoch.saturating_sub(e) < BUCKETS as u64 {
-                req += self.requests[i].load(Ordering::Relaxed);
-                ret += self.retries[i].load(Ordering::Relaxed);
-            }
-        }
-        (req, ret)
     }
 
     /// Counts a new request (not a retry).
     pub fn record_request(&self) {
-        let i = self.bucket();
-        self.requests[i].fetch_add(1, Ordering::Relaxed);
+        self.counts.add(1, 0);
     }
 
     /// Takes the right to retry once; false when the budget is spent.
     pub fn try_withdraw(&self) -> bool {
-        let (req, ret) = self.totals();
+        let (req, ret) = self.counts.totals();
         let allowed = ((req as f64) * self.percent / 100.0) as u64
-            + u64::from(self.min_per_sec) * BUCKETS as u64 * BUCKET_MS / 1000;
+            + u64::from(self.min_per_sec) * BUDGET_WINDOW.as_secs();
         if ret >= allowed {
             return false;
         }
-        let i = self.bucket();
-        self.retries[i].fetch_add(1, Ordering::Relaxed);
+        self.counts.add(0, 1);
         true
     }
 }

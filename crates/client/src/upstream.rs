@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
-use hyper::client::conn::{http1, http2};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -723,39 +724,11 @@ where
             self.prepare(target, &mut req, is_h2);
             let (result, checkin) = match sender {
                 Sender::H1 { mut tx, .. } => {
-                    let fut = tx.try_send_request(req);
-                    match tokio::time::timeout(rh, fut).await {
-                        Err(_) => (
-                            Err((
-                                Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(rh),
-                                None,
-                            )),
-                            None,
-                        ),
-                        Ok(Ok(resp)) => (Ok(resp), Some(tx)),
-                        Ok(Err(mut e)) => {
-                            let back = e.take_message();
-                            (Err((classify_hyper(e.into_error()), back)), None)
-                        }
-                    }
+                    let r = response_head(tx.try_send_request(req), rh).await;
+                    let keep = r.is_ok();
+                    (r, keep.then_some(tx))
                 }
-                Sender::H2(mut tx) => {
-                    let fut = tx.try_send_request(req);
-                    match tokio::time::timeout(rh, fut).await {
-                        Err(_) => (
-                            Err((
-                                Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(rh),
-                                None,
-                            )),
-                            None,
-                        ),
-                        Ok(Ok(resp)) => (Ok(resp), None),
-                        Ok(Err(mut e)) => {
-                            let back = e.take_message();
-                            (Err((classify_hyper(e.into_error()), back)), None)
-                        }
-                    }
-                }
+                Sender::H2(mut tx) => (response_head(tx.try_send_request(req), rh).await, None),
             };
             match result {
                 Ok(resp) => {
@@ -1005,6 +978,25 @@ where
     pub fn close_idle(&self) {
         for t in &self.inner.set.load().targets {
             t.pool.clear();
+        }
+    }
+}
+
+/// Waits for a response head within the response header timeout; on failure, the request
+/// comes back when it was never written.
+async fn response_head<B>(
+    send: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, (Error, Option<Request<B>>)> {
+    match tokio::time::timeout(timeout, send).await {
+        Err(_) => Err((
+            Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(timeout),
+            None,
+        )),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(mut e)) => {
+            let back = e.take_message();
+            Err((classify_hyper(e.into_error()), back))
         }
     }
 }
