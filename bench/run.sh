@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Portcullis vs nginx as HTTP/1.1 reverse proxies, on one core each, in front of the same upstream.
+# Portcullis vs bare hyper vs nginx as HTTP/1.1 reverse proxies, on one core each, in front of
+# the same upstream.
 #
-#   core 0: the proxy under test (Portcullis with worker_threads: 1, or nginx with 1 worker)
+#   core 0: the proxy under test (Portcullis with worker_threads: 1, the bare hyper example on a
+#           current-thread runtime, or nginx with 1 worker)
 #   core 1: the load generator (wrk, 1 thread) and the upstream (nginx, 1 worker, fixed 200 body)
+#           (and, for some profiles, the /metrics scraper or the OTLP sink)
 #
-# Both proxies get the same wrk run (keep-alive on the client and on the upstream side) after a
+# Every proxy gets the same wrk run (keep-alive on the client and on the upstream side) after a
 # warm-up. Reported per proxy: requests/s, p50/p99 latency, the proxy's CPU time per request,
 # its peak RSS; for Portcullis also idle RSS and the RSS added by many idle keep-alive clients.
+# "bare hyper" (crates/gateway/examples/bare_hyper_proxy.rs) is the floor: hyper's own client
+# and server with nothing else, so Portcullis/bare-hyper is what Portcullis adds on top of hyper.
+#
+# Portcullis profiles (PROFILES, space-separated; `plain` is always measured, first), each a
+# separate Portcullis process and measurement against the same upstream:
+#   plain          the route and upstream of portcullis.yaml.in, nothing else
+#   plugins        plain + global jwt (HS256, claims_to_headers) and local rate_limit (never
+#                  reached); wrk sends `Authorization: Bearer <HS256 token made here>`
+#   observability  plain + JSON access log to a file; /metrics scraped once per second meanwhile
+#   tracing        plain + OTLP/HTTP tracing (sampling 1.0) to a local sink (otlp_sink.py);
+#                  skipped with a message when Portcullis refuses the config or exports nothing
 #
 # Environment (defaults): CONNS=64 DURATION=15 (seconds) WARMUP=3 (seconds) IDLE_CONNS=10000
+#   PROFILES=plain
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output). CARGO_TARGET_DIR is honoured.
-# Installs nginx-light (or nginx) and wrk with apt-get when missing; builds Portcullis in release.
+# Installs nginx-light (or nginx), wrk and curl with apt-get when missing; builds Portcullis and
+# the bare hyper example in release.
 set -euo pipefail
 
 CONNS=${CONNS:-64}
@@ -18,6 +34,7 @@ DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 KEEP_TMP=${KEEP_TMP:-0}
+PROFILES=${PROFILES:-plain}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -25,6 +42,15 @@ cd "$REPO"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Profiles: known names only, each once, `plain` first (the baseline of the ratios and of the
+# backwards-compatible portcullis_* keys).
+KNOWN_PROFILES="plain plugins observability tracing"
+PROFILE_LIST=(plain)
+for p in $PROFILES; do
+  case " $KNOWN_PROFILES " in *" $p "*) ;; *) die "unknown profile '$p' in PROFILES (known: $KNOWN_PROFILES)" ;; esac
+  case " ${PROFILE_LIST[*]} " in *" $p "*) ;; *) PROFILE_LIST+=("$p") ;; esac
+done
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -42,6 +68,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} (apt-get)"
   $SUDO apt-get update -qq
@@ -56,6 +83,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -n "$NGINX" ] || die "nginx not found after installing it"
 command -v wrk >/dev/null 2>&1 || die "wrk not found after installing it"
+command -v curl >/dev/null 2>&1 || die "curl not found after installing it"
 
 log "building portcullis (cargo build --release -p portcullis)"
 cargo build --release -p portcullis >&2
@@ -63,6 +91,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac
 BIN="$TARGET_DIR/release/portcullis"
 [ -x "$BIN" ] || die "no binary at $BIN"
+log "building the bare hyper proxy (cargo build --release -p portcullis --example bare_hyper_proxy)"
+cargo build --release -p portcullis --example bare_hyper_proxy >&2
+HYPER_BIN="$TARGET_DIR/release/examples/bare_hyper_proxy"
+[ -x "$HYPER_BIN" ] || die "no binary at $HYPER_BIN"
 
 # ---------------------------------------------------------------------------------------------
 # Cores, limits, temp dir, cleanup
@@ -134,15 +166,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Free loopback ports (bound together, so they are distinct, then released).
-read -r UP_PORT PC_PORT PC_ADMIN NGX_PORT PC2_PORT PC2_ADMIN < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(6)]
+# Free loopback ports (bound together, so they are distinct, then released): 8 fixed, then a
+# proxy and an admin port per Portcullis profile after plain (plain uses PC_PORT/PC_ADMIN).
+read -r UP_PORT PC_PORT PC_ADMIN NGX_PORT PC2_PORT PC2_ADMIN HY_PORT OTLP_PORT PROFILE_PORTS < <(
+  python3 - $((2 * ${#PROFILE_LIST[@]})) <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(8 + int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
+read -r -a PROFILE_PORTS <<<"$PROFILE_PORTS"
 
 render() { # template out KEY=VALUE...
   local tmpl=$1 out=$2 kv args=()
@@ -155,20 +190,27 @@ render() { # template out KEY=VALUE...
 # ---------------------------------------------------------------------------------------------
 # Helpers: waiting, HTTP, /proc readings, wrk parsing
 # ---------------------------------------------------------------------------------------------
-wait_port() { # port pid name logfile
+wait_port() { # port pid name logfile [soft: return 1 instead of exiting]
   local i
   for i in $(seq 200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     if ! alive "$2"; then
       log "$3 exited during startup; its stderr:"
       cat "$4" >&2 || true
+      [ "${5:-}" = soft ] && return 1
       exit 1
     fi
     sleep 0.05
   done
   log "$3 did not listen on 127.0.0.1:$1 within 10 s; its stderr:"
   cat "$4" >&2 || true
+  [ "${5:-}" = soft ] && return 1
   exit 1
+}
+curl_status() { # url [curl args...] -> HTTP status (000 when there was no answer)
+  local url=$1
+  shift
+  curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" "$url" || true
 }
 http_get() { # url -> "STATUS BODY" (body's first line)
   python3 - "$1" <<'EOF'
@@ -228,14 +270,17 @@ wrk_field() { # file what -> number
   esac
 }
 
-# bench NAME PORT PROXY_PID UPSTREAM_WORKER_PID -> sets R_* variables
+# bench NAME PORT PROXY_PID UPSTREAM_WORKER_PID [WRK_ARG...] -> sets R_* variables
+# (WRK_ARGs, e.g. -H 'Authorization: Bearer ...', go to both the warm-up and the measured run)
 bench() {
   local name=$1 port=$2 pid=$3 upw=$4 out wrk_pid
+  shift 4
   out="$TMP/$name.wrk.txt"
   local url="http://127.0.0.1:$port/"
   log "$name: warm-up ${WARMUP}s"
-  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >"$TMP/$name.warmup.txt" &
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >"$TMP/$name.warmup.txt" &
   wrk_pid=$!; track "$wrk_pid"; wait "$wrk_pid"; untrack "$wrk_pid"
+  R_WARM_REQS=$(wrk_field "$TMP/$name.warmup.txt" requests)
   sleep 1
   alive "$pid" || { log "$name died during warm-up"; return 1; }
 
@@ -243,7 +288,7 @@ bench() {
   local t0 u0 s0 c0 w0 t1 u1 s1 c1 w1 ns0 ns1
   t0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$upw"); s0=$(sys_busy_ticks); c0=$(children_ticks)
   ns0=$(date +%s%N)
-  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out" &
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" >"$out" &
   wrk_pid=$!; track "$wrk_pid"; wait "$wrk_pid"; untrack "$wrk_pid"
   ns1=$(date +%s%N)
   alive "$pid" || { log "$name died under load"; cat "$out" >&2; return 1; }
@@ -270,6 +315,14 @@ bench() {
   return 0
 }
 
+# Results by column (a Portcullis profile name, `hyper` or `nginx`).
+declare -A M_REQS M_RPS M_P50 M_P99 M_NON2XX M_SOCKERR M_CPU_US M_UTIL M_OTHER M_HWM M_LOAD
+save_result() { # column: copies the R_* variables of the last bench
+  M_REQS[$1]=$R_REQS M_RPS[$1]=$R_RPS M_P50[$1]=$R_P50 M_P99[$1]=$R_P99 M_NON2XX[$1]=$R_NON2XX
+  M_SOCKERR[$1]=$R_SOCKERR M_CPU_US[$1]=$R_CPU_US M_UTIL[$1]=$R_UTIL M_OTHER[$1]=$R_OTHER
+  M_HWM[$1]=$R_HWM M_LOAD[$1]=$R_LOAD
+}
+
 # ---------------------------------------------------------------------------------------------
 # Upstream (core LOAD_CORE)
 # ---------------------------------------------------------------------------------------------
@@ -290,40 +343,209 @@ read -r st body < <(http_get "http://127.0.0.1:$UP_PORT/")
 log "upstream nginx on 127.0.0.1:$UP_PORT (master $UP_MASTER, worker $UP_WORKER): $st $body"
 
 # ---------------------------------------------------------------------------------------------
-# Proxy A: Portcullis (core PROXY_CORE)
+# Proxy A: Portcullis (core PROXY_CORE), once per profile
 # ---------------------------------------------------------------------------------------------
-start_portcullis() { # dir port admin -> PC_PID, PC_IDLE_RSS
-  local dir=$1 port=$2 admin=$3 i st body
+# plugins: an HS256 key (40 characters) and a token for it, made with the standard library.
+JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+JWT_TOKEN=$(python3 - "$JWT_SECRET" <<'EOF'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+enc = lambda o: b64(json.dumps(o, separators=(",", ":")).encode())
+signing_input = enc({"alg": "HS256", "typ": "JWT", "kid": "k1"}) + "." + \
+    enc({"sub": "bench-user", "exp": int(time.time()) + 3600})
+sig = hmac.new(sys.argv[1].encode(), signing_input.encode(), hashlib.sha256).digest()
+print(signing_input + "." + b64(sig))
+EOF
+)
+
+profile_yaml() { # profile dir -> what the profile adds to portcullis.yaml.in (top-level keys it lacks)
+  case $1 in
+    plain) ;;
+    plugins) cat <<EOF
+
+# profile plugins
+plugins:
+  jwt:
+    keys:
+      - { kid: k1, algorithm: HS256, secret: "$JWT_SECRET" }
+    claims_to_headers: { sub: X-User-ID }
+  rate_limit: { limit: 100000000, per: 1s, burst: 0, key: ip, policy: local }
+EOF
+      ;;
+    observability) cat <<EOF
+
+# profile observability
+observability:
+  access_log: { path: "$2/access.log" }
+EOF
+      ;;
+    tracing) cat <<EOF
+
+# profile tracing
+observability:
+  tracing: { otlp_endpoint: "http://127.0.0.1:$OTLP_PORT", protocol: http, sampling: 1.0 }
+EOF
+      ;;
+    *) die "no config for profile $1" ;;
+  esac
+}
+profile_client_args() { # profile -> CLIENT_ARGS (extra curl/wrk arguments of every request)
+  CLIENT_ARGS=()
+  if [ "$1" = plugins ]; then CLIENT_ARGS=(-H "Authorization: Bearer $JWT_TOKEN"); fi
+  return 0
+}
+
+# start_portcullis dir port admin [profile [soft]] -> PC_PID, PC_IDLE_RSS
+# Without `soft` any failure exits the script; with it, the process is stopped and 1 returned.
+start_portcullis() {
+  local dir=$1 port=$2 admin=$3 profile=${4:-plain} soft=${5:-} i st body
+  fail() { [ "$soft" = soft ] || exit 1; stop_pid "$PC_PID"; return 0; }
   mkdir -p "$dir"
   render "$BENCH_DIR/portcullis.yaml.in" "$dir/portcullis.yaml" \
     PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT"
+  profile_yaml "$profile" "$dir" >>"$dir/portcullis.yaml"
   PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$BIN" run -c "$dir/portcullis.yaml" \
     >"$dir/stdout" 2>"$dir/stderr" &
   PC_PID=$!; track "$PC_PID"
-  wait_port "$port" "$PC_PID" "portcullis" "$dir/stderr"
+  wait_port "$port" "$PC_PID" "portcullis ($profile)" "$dir/stderr" "$soft" || { fail; return 1; }
   for i in $(seq 100); do
     read -r st body < <(http_get "http://127.0.0.1:$admin/readyz")
     [ "$st" = 200 ] && break
     sleep 0.05
   done
-  [ "$st" = 200 ] || { log "portcullis /readyz: $st $body; stderr:"; cat "$dir/stderr" >&2; exit 1; }
+  [ "$st" = 200 ] || { log "portcullis /readyz: $st $body; stderr:"; cat "$dir/stderr" >&2; fail; return 1; }
   PC_IDLE_RSS=$(status_kb "$PC_PID" VmRSS)   # right after start, before any proxied request
-  read -r st body < <(http_get "http://127.0.0.1:$port/")
+  profile_client_args "$profile"
+  st=$(curl_status "http://127.0.0.1:$port/" "${CLIENT_ARGS[@]}")
   if [ "$st" != 200 ]; then
-    log "portcullis answered $st $body to GET /; stderr:"; cat "$dir/stderr" >&2; exit 1
+    log "portcullis ($profile) answered $st to GET /; stderr:"; cat "$dir/stderr" >&2; fail; return 1
   fi
 }
 
-start_portcullis "$TMP/portcullis" "$PC_PORT" "$PC_ADMIN"
-log "portcullis on 127.0.0.1:$PC_PORT (pid $PC_PID, $(taskset -p "$PC_PID" | awk '{print "affinity mask " $NF}'))"
-PC_IDLE_RSS_A=$PC_IDLE_RSS
-if ! bench portcullis "$PC_PORT" "$PC_PID" "$UP_WORKER"; then
-  log "portcullis stderr:"; cat "$TMP/portcullis/stderr" >&2; exit 1
-fi
-PC_REQS=$R_REQS PC_RPS=$R_RPS PC_P50=$R_P50 PC_P99=$R_P99 PC_NON2XX=$R_NON2XX PC_SOCKERR=$R_SOCKERR
-PC_CPU_US=$R_CPU_US PC_UTIL=$R_UTIL PC_OTHER=$R_OTHER PC_HWM=$R_HWM PC_LOAD=$R_LOAD
-stop_pid "$PC_PID"
+# The tracing profile's OTLP/HTTP sink (core LOAD_CORE), started only when that profile runs.
+otlp_stat() { # field -> its count at the sink
+  curl -s -m 5 "http://127.0.0.1:$OTLP_PORT/stats" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'
+}
+declare -A SKIPPED      # profile -> why it was not measured
+declare -A PC_DIR       # profile -> its temp dir
+ACCESS_LOG_LINES="" ACCESS_LOG_EXPECTED="" ACCESS_LOG_DROPPED="" ACCESS_LOG_JSON=""
+SCRAPES=0 SCRAPES_OK=0
+OTLP_POSTS="" OTLP_SPANS="" OTLP_BAD="" OTLP_SPANS_PER_REQ=""
+
+pi=0
+for profile in "${PROFILE_LIST[@]}"; do
+  if [ "$profile" = plain ]; then
+    dir="$TMP/portcullis" port=$PC_PORT admin=$PC_ADMIN name=portcullis soft=""
+  else
+    dir="$TMP/portcullis-$profile" port=${PROFILE_PORTS[pi]} admin=${PROFILE_PORTS[pi + 1]}
+    name="portcullis-$profile" soft=""
+    pi=$((pi + 2))
+  fi
+  PC_DIR[$profile]=$dir
+  if [ "$profile" = tracing ]; then
+    soft=soft
+    mkdir -p "$TMP/otlp-sink"
+    taskset -c "$LOAD_CORE" python3 "$BENCH_DIR/otlp_sink.py" "$OTLP_PORT" \
+      >"$TMP/otlp-sink/stdout" 2>"$TMP/otlp-sink/stderr" &
+    SINK_PID=$!; track "$SINK_PID"
+    wait_port "$OTLP_PORT" "$SINK_PID" "OTLP sink" "$TMP/otlp-sink/stderr"
+    log "OTLP/HTTP sink on 127.0.0.1:$OTLP_PORT (pid $SINK_PID)"
+  fi
+  if ! start_portcullis "$dir" "$port" "$admin" "$profile" "$soft"; then
+    SKIPPED[$profile]="Portcullis refused or could not serve the $profile config (stderr above)"
+    log "skipping profile $profile: ${SKIPPED[$profile]}"
+    continue
+  fi
+  log "portcullis ($profile) on 127.0.0.1:$port (pid $PC_PID, $(taskset -p "$PC_PID" | awk '{print "affinity mask " $NF}'))"
+  [ "$profile" = plain ] && PC_IDLE_RSS_A=$PC_IDLE_RSS
+  profile_client_args "$profile"
+
+  case $profile in
+    plugins)
+      st=$(curl_status "http://127.0.0.1:$port/")
+      [ "$st" = 401 ] || die "portcullis (plugins) answered $st, not 401, to a request without the token"
+      log "portcullis (plugins): 200 with the bearer token, 401 without"
+      ;;
+    tracing)
+      for i in 1 2 3 4 5; do curl_status "http://127.0.0.1:$port/" >/dev/null; done
+      posts=0
+      for i in $(seq 20); do   # the exporter sends a batch at least once a second
+        posts=$(otlp_stat posts); [ "${posts:-0}" -gt 0 ] && break
+        sleep 0.25
+      done
+      if [ "${posts:-0}" -eq 0 ]; then
+        SKIPPED[$profile]="Portcullis accepted the tracing config but exported nothing to the OTLP sink within 5 s"
+        log "skipping profile $profile: ${SKIPPED[$profile]}; stderr:"; cat "$dir/stderr" >&2
+        stop_pid "$PC_PID"
+        continue
+      fi
+      log "portcullis (tracing): the sink received $posts export request(s), $(otlp_stat spans) span(s) before the run"
+      ;;
+    observability)
+      # /metrics scraped once per second from the load core while the profile runs.
+      taskset -c "$LOAD_CORE" bash -c 'while :; do
+          curl -s -o /dev/null -m 2 -w "%{http_code}\n" "http://127.0.0.1:$1/metrics" >>"$2" || echo 000 >>"$2"
+          sleep 1
+        done' scrape "$admin" "$dir/scrapes.txt" &
+      SCRAPER_PID=$!; track "$SCRAPER_PID"
+      ;;
+  esac
+
+  if ! bench "$name" "$port" "$PC_PID" "$UP_WORKER" "${CLIENT_ARGS[@]}"; then
+    log "portcullis ($profile) stderr:"; cat "$dir/stderr" >&2; exit 1
+  fi
+  save_result "$profile"
+
+  case $profile in
+    observability)
+      stop_pid "$SCRAPER_PID"
+      SCRAPES=$(wc -l <"$dir/scrapes.txt" 2>/dev/null || echo 0)
+      SCRAPES_OK=$(grep -c '^200$' "$dir/scrapes.txt" 2>/dev/null || true)
+      sleep 0.5   # the writer thread flushes at least every 200 ms
+      metrics=$(curl -s -m 5 "http://127.0.0.1:$admin/metrics" || true)
+      ACCESS_LOG_DROPPED=$(awk '$1 == "portcullis_access_log_dropped_total" {print $2}' <<<"$metrics")
+      ACCESS_LOG_LINES=$(wc -l <"$dir/access.log" 2>/dev/null || echo 0)
+      # every request it served: the startup check, the warm-up and the measured run
+      ACCESS_LOG_EXPECTED=$((1 + ${R_WARM_REQS:-0} + R_REQS))
+      if head -n 1 "$dir/access.log" 2>/dev/null | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
+        ACCESS_LOG_JSON=yes
+      else
+        ACCESS_LOG_JSON=no
+      fi
+      log "access log: $ACCESS_LOG_LINES lines for ~$ACCESS_LOG_EXPECTED requests (JSON: $ACCESS_LOG_JSON, dropped: ${ACCESS_LOG_DROPPED:-?}); /metrics scraped $SCRAPES times ($SCRAPES_OK answered 200)"
+      ;;
+    tracing)
+      sleep 1.5  # let the exporter send its last batch
+      OTLP_POSTS=$(otlp_stat posts) OTLP_SPANS=$(otlp_stat spans) OTLP_BAD=$(otlp_stat bad)
+      OTLP_SPANS_PER_REQ=$(awk -v s="$OTLP_SPANS" -v n=$((6 + ${R_WARM_REQS:-0} + R_REQS)) \
+        'BEGIN {if (n > 0) printf "%.2f", s / n; else print "n/a"}')
+      log "OTLP sink: $OTLP_POSTS export requests, $OTLP_SPANS spans ($OTLP_SPANS_PER_REQ per request), $OTLP_BAD unreadable"
+      ;;
+  esac
+  stop_pid "$PC_PID"
+done
+if [ -n "${SINK_PID:-}" ]; then stop_pid "$SINK_PID"; fi
+PC_REQS=${M_REQS[plain]} PC_RPS=${M_RPS[plain]} PC_P50=${M_P50[plain]} PC_P99=${M_P99[plain]}
+PC_NON2XX=${M_NON2XX[plain]} PC_SOCKERR=${M_SOCKERR[plain]} PC_CPU_US=${M_CPU_US[plain]}
+PC_UTIL=${M_UTIL[plain]} PC_OTHER=${M_OTHER[plain]} PC_HWM=${M_HWM[plain]} PC_LOAD=${M_LOAD[plain]}
 PC_STDERR_A="$TMP/portcullis/stderr"
+
+# ---------------------------------------------------------------------------------------------
+# Proxy C: bare hyper, the floor (core PROXY_CORE)
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$TMP/bare-hyper"
+taskset -c "$PROXY_CORE" "$HYPER_BIN" "127.0.0.1:$HY_PORT" "127.0.0.1:$UP_PORT" \
+  >"$TMP/bare-hyper/stdout" 2>"$TMP/bare-hyper/stderr" &
+HY_PID=$!; track "$HY_PID"
+wait_port "$HY_PORT" "$HY_PID" "bare hyper proxy" "$TMP/bare-hyper/stderr"
+read -r st body < <(http_get "http://127.0.0.1:$HY_PORT/")
+[ "$st" = 200 ] || die "bare hyper proxy answered $st $body"
+log "bare hyper proxy on 127.0.0.1:$HY_PORT (pid $HY_PID, $(taskset -p "$HY_PID" | awk '{print "affinity mask " $NF}'))"
+if ! bench bare-hyper "$HY_PORT" "$HY_PID" "$UP_WORKER"; then
+  log "bare hyper stderr:"; cat "$TMP/bare-hyper/stderr" >&2; exit 1
+fi
+save_result hyper
+stop_pid "$HY_PID"
 
 # ---------------------------------------------------------------------------------------------
 # Proxy B: nginx (core PROXY_CORE)
@@ -343,6 +565,7 @@ log "proxy nginx on 127.0.0.1:$NGX_PORT (master $NGX_MASTER, worker $NGX_WORKER)
 bench nginx "$NGX_PORT" "$NGX_WORKER" "$UP_WORKER" || { cat "$TMP/proxy-nginx/error.log" >&2; exit 1; }
 NG_REQS=$R_REQS NG_RPS=$R_RPS NG_P50=$R_P50 NG_P99=$R_P99 NG_NON2XX=$R_NON2XX NG_SOCKERR=$R_SOCKERR
 NG_CPU_US=$R_CPU_US NG_UTIL=$R_UTIL NG_OTHER=$R_OTHER NG_HWM=$R_HWM NG_LOAD=$R_LOAD
+save_result nginx
 stop_pid "$NGX_MASTER"
 
 # ---------------------------------------------------------------------------------------------
@@ -373,32 +596,100 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else 
 R_CPU=$(ratio "$PC_CPU_US" "$NG_CPU_US")
 R_P99=$(ratio "$PC_P99" "$NG_P99")
 R_RPS=$(ratio "$PC_RPS" "$NG_RPS")
+HY_CPU=$(ratio "$PC_CPU_US" "${M_CPU_US[hyper]}")
+HY_P99=$(ratio "$PC_P99" "${M_P99[hyper]}")
+HY_RPS=$(ratio "$PC_RPS" "${M_RPS[hyper]}")
 COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT+dirty"
 NGINX_VER=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
 LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# Columns: the Portcullis profiles (plain first), bare hyper, nginx.
+COLS=("${PROFILE_LIST[@]}" hyper nginx)
+col_label() { case $1 in plain) echo Portcullis ;; hyper) echo "bare hyper" ;; nginx) echo nginx ;; *) echo "+$1" ;; esac; }
+measured() { [ -z "${SKIPPED[$1]:-}" ] && [ -n "${M_REQS[$1]:-}" ]; }
+cell() { # column field
+  local c=$1 l
+  measured "$c" || { echo skipped; return 0; }
+  case $2 in
+    rps) echo "${M_RPS[$c]}" ;;
+    reqs) echo "${M_REQS[$c]}" ;;
+    p50) echo "${M_P50[$c]}" ;;
+    p99) echo "${M_P99[$c]}" ;;
+    cpu) echo "${M_CPU_US[$c]}" ;;
+    cpu_vs_plain) echo "$(ratio "${M_CPU_US[$c]}" "$PC_CPU_US")x" ;;
+    util) echo "${M_UTIL[$c]}" ;;
+    hwm) mib "${M_HWM[$c]}" ;;
+    non2xx) echo "${M_NON2XX[$c]}" ;;
+    sockerr) echo "${M_SOCKERR[$c]}" ;;
+    other) echo "${M_OTHER[$c]}" ;;
+    load) l=${M_LOAD[$c]}; echo "${l// //}" ;;
+  esac
+}
+row() { # label field
+  local c
+  printf '%-34s' "$1"
+  for c in "${COLS[@]}"; do printf ' %14s' "$(cell "$c" "$2")"; done
+  printf '\n'
+}
+
 echo
-echo "Portcullis vs nginx reverse proxy — $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "Portcullis vs bare hyper vs nginx reverse proxy — $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "portcullis $COMMIT (release), nginx $NGINX_VER, $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')"
 echo "wrk -t1 -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; proxy on core $PROXY_CORE;" \
      "wrk + upstream nginx on core $LOAD_CORE; keep-alive both sides; open-files limit $NOFILE"
+echo "Portcullis profiles: ${PROFILE_LIST[*]}; bare hyper = crates/gateway/examples/bare_hyper_proxy.rs"
 echo
-printf '%-34s %14s %14s\n' "" "Portcullis" "nginx"
-printf '%-34s %14s %14s\n' "requests/s" "$PC_RPS" "$NG_RPS"
-printf '%-34s %14s %14s\n' "requests (total)" "$PC_REQS" "$NG_REQS"
-printf '%-34s %14s %14s\n' "p50 latency (ms)" "$PC_P50" "$NG_P50"
-printf '%-34s %14s %14s\n' "p99 latency (ms)" "$PC_P99" "$NG_P99"
-printf '%-34s %14s %14s\n' "proxy CPU per request (us)" "$PC_CPU_US" "$NG_CPU_US"
-printf '%-34s %14s %14s\n' "proxy CPU use (% of its core)" "$PC_UTIL" "$NG_UTIL"
-printf '%-34s %14s %14s\n' "peak RSS, VmHWM (MiB)" "$(mib "$PC_HWM")" "$(mib "$NG_HWM")"
-printf '%-34s %14s %14s\n' "non-2xx responses" "$PC_NON2XX" "$NG_NON2XX"
-printf '%-34s %14s %14s\n' "socket errors" "$PC_SOCKERR" "$NG_SOCKERR"
-printf '%-34s %14s %14s\n' "other processes' CPU (% of a core)" "$PC_OTHER" "$NG_OTHER"
-printf '%-34s %14s %14s\n' "loadavg after the run" "${PC_LOAD// //}" "${NG_LOAD// //}"
+printf '%-34s' ""
+for c in "${COLS[@]}"; do printf ' %14s' "$(col_label "$c")"; done
+printf '\n'
+row "requests/s" rps
+row "requests (total)" reqs
+row "p50 latency (ms)" p50
+row "p99 latency (ms)" p99
+row "proxy CPU per request (us)" cpu
+row "  vs Portcullis plain" cpu_vs_plain
+row "proxy CPU use (% of its core)" util
+row "peak RSS, VmHWM (MiB)" hwm
+row "non-2xx responses" non2xx
+row "socket errors" sockerr
+row "other processes' CPU (% of a core)" other
+row "loadavg after the run" load
 echo
 echo "Portcullis/nginx: CPU per request ${R_CPU}x, p99 ${R_P99}x, requests/s ${R_RPS}x"
+echo "Portcullis/bare hyper: CPU per request ${HY_CPU}x, p99 ${HY_P99}x, requests/s ${HY_RPS}x"
+for p in "${PROFILE_LIST[@]}"; do
+  [ "$p" = plain ] && continue
+  if measured "$p"; then
+    echo "Portcullis $p/plain: CPU per request $(ratio "${M_CPU_US[$p]}" "$PC_CPU_US")x," \
+         "p99 $(ratio "${M_P99[$p]}" "$PC_P99")x, requests/s $(ratio "${M_RPS[$p]}" "$PC_RPS")x"
+  else
+    echo "Portcullis $p: skipped — ${SKIPPED[$p]}"
+  fi
+done
 echo
+for p in "${PROFILE_LIST[@]}"; do
+  case $p in
+    plugins)
+      measured plugins && echo "plugins: jwt (HS256, claims_to_headers sub -> X-User-ID) + rate_limit (local, by ip, 1e8/s);" \
+        "200 with the bearer token, 401 without, checked before the run" ;;
+    observability)
+      measured observability && {
+        echo "observability: JSON access log to a file: $ACCESS_LOG_LINES lines for ~$ACCESS_LOG_EXPECTED requests" \
+             "(warm-up + run + check; $(ratio "$ACCESS_LOG_LINES" "$ACCESS_LOG_EXPECTED")x), first line JSON: $ACCESS_LOG_JSON," \
+             "dropped: ${ACCESS_LOG_DROPPED:-?}"
+        echo "  /metrics scraped $SCRAPES times during warm-up + run ($SCRAPES_OK answered 200)"
+      } ;;
+    tracing)
+      if measured tracing; then
+        echo "tracing: OTLP/HTTP sink received $OTLP_POSTS export requests, $OTLP_SPANS spans" \
+             "($OTLP_SPANS_PER_REQ per request served), $OTLP_BAD unreadable"
+      else
+        echo "tracing: skipped — ${SKIPPED[tracing]}"
+      fi ;;
+  esac
+done
+[ "${#PROFILE_LIST[@]}" -gt 1 ] && echo
 echo "Portcullis memory"
 printf '  %-44s %10s MiB\n' "idle RSS right after start" "$(mib "$PC_IDLE_RSS_A")"
 printf '  %-44s %10s MiB\n' "RSS before the idle clients (fresh process)" "$(mib "$IC_BEFORE")"
@@ -411,6 +702,16 @@ echo
 NOTES=()
 if [ "${PC_OTHER%.*}" -gt 10 ] || [ "${NG_OTHER%.*}" -gt 10 ]; then
   NOTES+=("other processes used CPU during the runs (${PC_OTHER}% / ${NG_OTHER}% of a core): figures are noisy")
+fi
+for c in "${COLS[@]}"; do
+  { [ "$c" = plain ] || [ "$c" = nginx ]; } && continue
+  measured "$c" || continue
+  if [ "${M_OTHER[$c]}" -gt 10 ]; then
+    NOTES+=("other processes used ${M_OTHER[$c]}% of a core during the $(col_label "$c") run: figures are noisy")
+  fi
+done
+if measured observability || measured tracing; then
+  NOTES+=("the /metrics scraper and the OTLP sink run on the load core and count as other processes' CPU")
 fi
 if [ "${RUSTC_START:-0}" -gt 0 ]; then
   NOTES+=("$RUSTC_START rustc processes were running when the benchmark started (loadavg $LOADAVG_START)")
@@ -425,14 +726,30 @@ done
 if [ "$PC_NON2XX" != 0 ] || [ "$PC_SOCKERR" != 0 ]; then
   NOTES+=("Portcullis had errors under load (non-2xx $PC_NON2XX, socket $PC_SOCKERR)")
 fi
+for c in "${COLS[@]}"; do
+  { [ "$c" = plain ] || [ "$c" = nginx ]; } && continue
+  measured "$c" || continue
+  if [ "${M_UTIL[$c]}" -lt 90 ]; then
+    NOTES+=("$(col_label "$c") used ${M_UTIL[$c]}% of its core: the load core (wrk + upstream) or other processes limited its requests/s; compare CPU per request")
+  fi
+  if [ "${M_NON2XX[$c]}" != 0 ] || [ "${M_SOCKERR[$c]}" != 0 ]; then
+    NOTES+=("$(col_label "$c") had errors under load (non-2xx ${M_NON2XX[$c]}, socket ${M_SOCKERR[$c]})")
+  fi
+done
+for p in "${PROFILE_LIST[@]}"; do
+  if [ -n "${SKIPPED[$p]:-}" ]; then NOTES+=("profile $p skipped: ${SKIPPED[$p]}"); fi
+done
 if [ ${#NOTES[@]} -gt 0 ]; then
   echo "Notes"
   printf '  - %s\n' "${NOTES[@]}"
   echo
 fi
-for f in "$PC_STDERR_A" "$TMP/portcullis-idle/stderr"; do
+STDERRS=("$PC_STDERR_A")
+for p in "${PROFILE_LIST[@]}"; do [ "$p" = plain ] || STDERRS+=("${PC_DIR[$p]}/stderr"); done
+STDERRS+=("$TMP/portcullis-idle/stderr" "$TMP/bare-hyper/stderr")
+for f in "${STDERRS[@]}"; do
   if [ -s "$f" ]; then
-    echo "Portcullis stderr ($(basename "$(dirname "$f")"), last 40 lines):"
+    echo "$([ "$f" = "$TMP/bare-hyper/stderr" ] && echo "bare hyper" || echo Portcullis) stderr ($(basename "$(dirname "$f")"), last 40 lines):"
     tail -n 40 "$f" | sed 's/^/  | /'
     echo
   fi
@@ -467,4 +784,53 @@ other_cpu_pct_nginx_run=$NG_OTHER
 ratio_cpu_per_req=$R_CPU
 ratio_p99=$R_P99
 ratio_rps=$R_RPS
+hyper_rps=${M_RPS[hyper]}
+hyper_p50_ms=${M_P50[hyper]}
+hyper_p99_ms=${M_P99[hyper]}
+hyper_cpu_us_per_req=${M_CPU_US[hyper]}
+hyper_cpu_util_pct=${M_UTIL[hyper]}
+hyper_peak_rss_mib=$(mib "${M_HWM[hyper]}")
+hyper_errors=$((M_NON2XX[hyper] + M_SOCKERR[hyper]))
+other_cpu_pct_hyper_run=${M_OTHER[hyper]}
+ratio_vs_hyper_cpu_per_req=$HY_CPU
+ratio_vs_hyper_p99=$HY_P99
+ratio_vs_hyper_rps=$HY_RPS
+bench_profiles=$(IFS=,; echo "${PROFILE_LIST[*]}")
 EOF
+for p in "${PROFILE_LIST[@]}"; do
+  k="portcullis_$p"
+  if measured "$p"; then
+    cat <<EOF
+${k}_status=ok
+${k}_rps=${M_RPS[$p]}
+${k}_p50_ms=${M_P50[$p]}
+${k}_p99_ms=${M_P99[$p]}
+${k}_cpu_us_per_req=${M_CPU_US[$p]}
+${k}_cpu_util_pct=${M_UTIL[$p]}
+${k}_peak_rss_mib=$(mib "${M_HWM[$p]}")
+${k}_errors=$((M_NON2XX[$p] + M_SOCKERR[$p]))
+other_cpu_pct_${k}_run=${M_OTHER[$p]}
+EOF
+    if [ "$p" != plain ]; then
+      echo "ratio_${p}_vs_plain_cpu=$(ratio "${M_CPU_US[$p]}" "$PC_CPU_US")"
+      echo "ratio_${p}_vs_plain_p99=$(ratio "${M_P99[$p]}" "$PC_P99")"
+      echo "ratio_${p}_vs_plain_rps=$(ratio "${M_RPS[$p]}" "$PC_RPS")"
+    fi
+    case $p in
+      observability)
+        echo "${k}_access_log_lines=$ACCESS_LOG_LINES"
+        echo "${k}_access_log_expected=$ACCESS_LOG_EXPECTED"
+        echo "${k}_access_log_dropped=${ACCESS_LOG_DROPPED:-n/a}"
+        echo "${k}_metrics_scrapes=$SCRAPES"
+        echo "${k}_metrics_scrapes_ok=$SCRAPES_OK" ;;
+      tracing)
+        echo "${k}_otlp_posts=$OTLP_POSTS"
+        echo "${k}_otlp_spans=$OTLP_SPANS"
+        echo "${k}_otlp_spans_per_req=$OTLP_SPANS_PER_REQ" ;;
+    esac
+  else
+    echo "${k}_status=skipped"
+    for f in rps p50_ms p99_ms cpu_us_per_req cpu_util_pct peak_rss_mib errors; do echo "${k}_$f=n/a"; done
+    echo "ratio_${p}_vs_plain_cpu=n/a"
+  fi
+done
