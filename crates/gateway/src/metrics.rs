@@ -223,6 +223,11 @@ impl Metrics {
     /// Handles for a route whose traffic goes to `legs` (upstream names; empty for none).
     /// Its rolling window survives reloads while the route keeps its name and `window`.
     pub fn route(&self, route: &str, legs: &[&str], window: Duration) -> RouteMetrics {
+        // No upstream, no upstream latency series (rather than an `upstream=""` one).
+        let upstream_latency = legs
+            .iter()
+            .map(|l| self.upstream_latency.with_label_values(&[*l]))
+            .collect();
         let legs: Vec<Arc<str>> = if legs.is_empty() {
             vec![Arc::from("")]
         } else {
@@ -242,10 +247,7 @@ impl Metrics {
                 .collect(),
             requests: self.requests.clone(),
             latency: self.latency.with_label_values(&[route]),
-            upstream_latency: legs
-                .iter()
-                .map(|l| self.upstream_latency.with_label_values(&[&**l]))
-                .collect(),
+            upstream_latency,
             bytes_in: self.bytes_in.with_label_values(&[route]),
             bytes_out: self.bytes_out.with_label_values(&[route]),
             in_flight: self.in_flight.clone(),

@@ -40,6 +40,8 @@ pub struct RollingStats {
     slots: Vec<Slot>,
     /// Unix ms of the last request (0: none since start).
     pub last_seen_ms: AtomicU64,
+    /// Unix ms when the window was made (the route's first appearance with this window).
+    pub created_ms: u64,
 }
 
 /// What the window says.
@@ -72,6 +74,7 @@ impl RollingStats {
             slot_ms: (window.as_millis() as u64 / SLOTS as u64).max(1),
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             last_seen_ms: AtomicU64::new(0),
+            created_ms: now_ms(),
         }
     }
 

@@ -121,11 +121,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Ghost status of a route: never seen, or not seen for `ghost_after`.
-fn ghost(last_seen_ms: u64, ghost_after: Duration, started_ms: u64) -> (bool, Option<f64>) {
+/// Ghost status of a route: no request for `ghost_after`, counting from its last request or,
+/// without one, from when the route appeared (process start, or the reload that added it).
+fn ghost(last_seen_ms: u64, ghost_after: Duration, since_ms: u64) -> (bool, Option<f64>) {
     let now = unix_ms();
     if last_seen_ms == 0 {
-        let up = now.saturating_sub(started_ms);
+        let up = now.saturating_sub(since_ms);
         return (up >= ghost_after.as_millis() as u64, None);
     }
     let idle = now.saturating_sub(last_seen_ms);
@@ -200,7 +201,7 @@ pub fn topology_json(
         let (is_ghost, idle) = ghost(
             r.metrics.stats.last_seen_ms.load(Ordering::Relaxed),
             obs.ghost_after,
-            started_ms,
+            started_ms.max(r.metrics.stats.created_ms),
         );
         if is_ghost {
             ghosts.push(json!(&*r.name));
