@@ -34,12 +34,18 @@ pub enum ReqBody {
         remaining: u64,
         /// The limit, for the error.
         limit: u64,
+        /// Bytes passed so far, when someone counts them (a body without Content-Length).
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     },
 }
 
 impl ReqBody {
-    /// Wraps a client body with a size limit.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    /// Wraps a client body with a size limit; `counted`, when given, follows the bytes passed.
+    pub fn limited(
+        inner: Incoming,
+        limit: u64,
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
         if inner.is_end_stream() {
             return ReqBody::Empty;
         }
@@ -47,6 +53,7 @@ impl ReqBody {
             inner,
             remaining: limit,
             limit,
+            counted,
         }
     }
 }
@@ -66,6 +73,7 @@ impl Body for ReqBody {
                 inner,
                 remaining,
                 limit,
+                counted,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
@@ -76,6 +84,9 @@ impl Body for ReqBody {
                             }))));
                         }
                         *remaining -= n;
+                        if let Some(c) = counted {
+                            c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -65,6 +65,7 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        bytes_in_counter: None,
         upstream_time: None,
         trace: None,
         trace_ctx: None,
@@ -230,7 +231,13 @@ async fn serve(
                     }
                 }
             }
-            _ => ReqBody::limited(body, limits.max_body_bytes),
+            Some(_) => ReqBody::limited(body, limits.max_body_bytes, None),
+            None => {
+                // No Content-Length (chunked, or HTTP/2): count the bytes as they stream.
+                let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                rec.bytes_in_counter = Some(counter.clone());
+                ReqBody::limited(body, limits.max_body_bytes, Some(counter))
+            }
         }
     };
     let req = Request::from_parts(parts, body);

@@ -58,6 +58,8 @@ pub struct Record {
     pub status: u16,
     /// Request body bytes (Content-Length when known).
     pub bytes_in: u64,
+    /// Counts a streamed body without Content-Length as it passes.
+    pub bytes_in_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Time the upstream took to answer with a head.
     pub upstream_time: Option<Duration>,
     /// Trace and span IDs of the request's server span.
@@ -101,6 +103,9 @@ impl ObservedBody {
 
 fn finish(rec: &mut Option<Record>, bytes_out: u64, snap: &Snapshot, complete: bool) {
     let Some(mut rec) = rec.take() else { return };
+    if let Some(c) = rec.bytes_in_counter.take() {
+        rec.bytes_in = c.load(std::sync::atomic::Ordering::Relaxed);
+    }
     let total = rec.start.elapsed();
     let metrics = match rec.route {
         Some(i) => &snap.routes[i].metrics,
