@@ -45,7 +45,7 @@ die() { log "error: $*"; exit 1; }
 
 # Profiles: known names only, each once, `plain` first (the baseline of the ratios and of the
 # backwards-compatible portcullis_* keys).
-KNOWN_PROFILES="plain plugins observability tracing"
+KNOWN_PROFILES="plain resilience plugins observability tracing"
 PROFILE_LIST=(plain)
 for p in $PROFILES; do
   case " $KNOWN_PROFILES " in *" $p "*) ;; *) die "unknown profile '$p' in PROFILES (known: $KNOWN_PROFILES)" ;; esac
@@ -361,6 +361,7 @@ EOF
 profile_yaml() { # profile dir -> what the profile adds to portcullis.yaml.in (top-level keys it lacks)
   case $1 in
     plain) ;;
+    resilience) ;; # edits the upstream block instead: see start_portcullis
     plugins) cat <<EOF
 
 # profile plugins
@@ -404,6 +405,12 @@ start_portcullis() {
   render "$BENCH_DIR/portcullis.yaml.in" "$dir/portcullis.yaml" \
     PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT"
   profile_yaml "$profile" "$dir" >>"$dir/portcullis.yaml"
+  if [ "$profile" = resilience ]; then
+    # Every resilience layer of the client on: retries with a budget, a breaker per target,
+    # passive ejection. Nothing fails in the run, so this measures what they cost.
+    sed -i 's/^    pool: { max_idle_per_host: 256 }$/    pool: { max_idle_per_host: 256 }\n    retry: { attempts: 2, on: [connect_failure, reset, refused_stream, 503], budget_percent: 20 }\n    circuit_breaker: { failure_rate: 0.5, window: 10s, min_requests: 20, open_for: 5s }\n    health_check: { passive: { consecutive_failures: 5, eject_for: 10s } }/' "$dir/portcullis.yaml"
+    grep -q '^    circuit_breaker:' "$dir/portcullis.yaml" || die "resilience profile: could not edit the upstream block"
+  fi
   PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$BIN" run -c "$dir/portcullis.yaml" \
     >"$dir/stdout" 2>"$dir/stderr" &
   PC_PID=$!; track "$PC_PID"
