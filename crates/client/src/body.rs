@@ -23,8 +23,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: Incoming,
-        #[pin]
-        idle: Sleep,
+        // Armed on the first wait only: most small bodies arrive with their head and never
+        // need a timer, and a smaller body is cheaper to move up the call stack.
+        idle: Option<Pin<Box<Sleep>>>,
         read_idle: Duration,
         last_frame: Option<Instant>,
         checkin: Option<http1::SendRequest<B>>,
@@ -58,7 +59,7 @@ impl<B> ResponseBody<B> {
         };
         Self {
             inner,
-            idle: tokio::time::sleep(read_idle),
+            idle: None,
             read_idle,
             last_frame: None,
             checkin,
@@ -94,7 +95,9 @@ impl<B> Body for ResponseBody<B> {
         let this = self.as_mut().project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.last_frame = Some(Instant::now());
+                if this.idle.is_some() {
+                    *this.last_frame = Some(Instant::now());
+                }
                 if self.inner.is_end_stream() {
                     self.as_mut().finish();
                 }
@@ -119,12 +122,20 @@ impl<B> Body for ResponseBody<B> {
                 // The timer is armed for read_idle after the last frame; when it fires early
                 // because frames came in meanwhile, move it instead of failing.
                 loop {
-                    let mut this = self.as_mut().project();
-                    ready!(this.idle.as_mut().poll(cx));
+                    let this = self.as_mut().project();
+                    let read_idle = *this.read_idle;
+                    let idle = this.idle.get_or_insert_with(|| {
+                        // Armed now: the silence starts here.
+                        Box::pin(tokio::time::sleep(read_idle))
+                    });
+                    if this.last_frame.is_none() {
+                        *this.last_frame = Some(Instant::now());
+                    }
+                    ready!(idle.as_mut().poll(cx));
                     let now = Instant::now();
-                    let deadline = this.last_frame.map(|l| l + *this.read_idle);
+                    let deadline = this.last_frame.map(|l| l + read_idle);
                     match deadline {
-                        Some(d) if d > now => this.idle.reset(d),
+                        Some(d) if d > now => idle.as_mut().reset(d),
                         _ => {
                             let mut err = Error::new(ErrorKind::ReadIdleTimeout)
                                 .with_timeout(*this.read_idle);
