@@ -30,6 +30,7 @@ pin_project! {
         last_frame: Option<Instant>,
         checkin: Option<http1::SendRequest<B>>,
         target: Option<Arc<Target<B>>>,
+        attempts: u32,
     }
 
     impl<B> PinnedDrop for ResponseBody<B> {
@@ -64,7 +65,17 @@ impl<B> ResponseBody<B> {
             last_frame: None,
             checkin,
             target: Some(target),
+            attempts: 1,
         }
+    }
+
+    /// Tries it took to get this response (first try included).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn set_attempts(&mut self, n: u32) {
+        self.attempts = n;
     }
 
     /// The upstream target this body comes from.

@@ -90,6 +90,6 @@ pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
-    AttemptHook, AttemptReport, Attempts, Protocol, ReplayBody, RequestBody, Target, TargetConfig,
-    Timeouts, Upstream, UpstreamConfig,
+    AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,
+    Upstream, UpstreamConfig,
 };

@@ -349,10 +349,6 @@ pub struct AttemptReport<'a> {
     pub error: Option<ErrorKind>,
 }
 
-/// Tries it took to get a response (first try included): an extension of responses.
-#[derive(Debug, Clone, Copy)]
-pub struct Attempts(pub u32);
-
 /// What is kept of a request so it can be sent again.
 struct Replay {
     method: Method,
@@ -585,7 +581,7 @@ where
             if !retry_allowed {
                 return match outcome {
                     Tried::Response(mut r) => {
-                        r.extensions_mut().insert(Attempts(attempt));
+                        r.body_mut().set_attempts(attempt);
                         Ok(r)
                     }
                     Tried::Failed(e, _) => Err(e.with_attempts(attempt)),

@@ -40,6 +40,22 @@ fn hop_by_hop_headers_go_including_connection_named_ones() {
 }
 
 #[test]
+fn ipv4_text_matches_display() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.30.40",
+        "255.255.255.255",
+        "1.100.99.9",
+    ] {
+        let a: IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_text(a), a.to_string());
+    }
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    assert_eq!(ip_text(v6), "2001:db8::1");
+}
+
+#[test]
 fn client_ip_uses_forwarded_for_only_from_trusted_peers() {
     let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
     let h = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
