@@ -163,6 +163,21 @@ impl Cors {
 
 static VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
+/// Adds `Vary: Origin` unless the upstream's `Vary` already names Origin (or `*`), so caches
+/// key on the origin without the response carrying the token twice.
+fn add_vary_origin(headers: &mut http::HeaderMap) {
+    let named = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.eq_ignore_ascii_case("origin"))
+        })
+    });
+    if !named {
+        headers.append(header::VARY, VARY_ORIGIN.clone());
+    }
+}
+
 impl Plugin for Cors {
     fn name(&self) -> &'static str {
         "cors"
@@ -223,7 +238,7 @@ impl Plugin for Cors {
     }
 
     fn on_response(&self, ctx: &mut RequestCtx, resp: &mut http::response::Parts) {
-        resp.headers.append(header::VARY, VARY_ORIGIN.clone());
+        add_vary_origin(&mut resp.headers);
         let Some(AllowedOrigin(origin)) = ctx.extensions.get::<AllowedOrigin>().cloned() else {
             return;
         };
@@ -304,5 +319,32 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.path, "credentials");
         let _ = cors(serde_json::json!({"origins": ["*"]}));
+    }
+
+    #[test]
+    fn vary_origin_is_added_once() {
+        let mut h = http::HeaderMap::new();
+        add_vary_origin(&mut h);
+        assert_eq!(h.get_all(header::VARY).iter().count(), 1);
+        add_vary_origin(&mut h);
+        assert_eq!(h.get_all(header::VARY).iter().count(), 1, "not added twice");
+
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, origin"),
+        );
+        add_vary_origin(&mut h);
+        assert_eq!(
+            h.get_all(header::VARY).iter().count(),
+            1,
+            "upstream already varies on it"
+        );
+
+        let mut h = http::HeaderMap::new();
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        add_vary_origin(&mut h);
+        let all: Vec<_> = h.get_all(header::VARY).iter().collect();
+        assert_eq!(all, ["Accept-Encoding", "Origin"]);
     }
 }
