@@ -43,7 +43,8 @@ impl ActiveHealthConfig {
 pub struct PassiveHealthConfig {
     /// Consecutive failures that eject a target.
     pub consecutive_failures: u32,
-    /// First ejection length; the n-th repeat lasts n times as long (up to 10x).
+    /// First ejection length; the n-th repeat lasts n times as long (up to 10x). The
+    /// multiplier steps back down by one for each `eject_for` the target then stays in service.
     pub eject_for: Duration,
     /// At most this share of an upstream's targets is ejected at once.
     pub max_ejected_percent: f64,
@@ -58,6 +59,8 @@ pub struct HealthState {
     consecutive_failures: AtomicU32,
     ejected_until: AtomicU64,
     ejections: AtomicU32,
+    /// When the ejection multiplier may next step down (ms since the clock's epoch).
+    decay_from: AtomicU64,
     /// Times this target was ejected.
     pub ejections_total: AtomicU64,
     /// Times active checks changed this target's health.
@@ -73,6 +76,7 @@ impl Default for HealthState {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            decay_from: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
             transitions_total: AtomicU64::new(0),
         }
@@ -141,6 +145,7 @@ impl HealthState {
     ) -> bool {
         if ok {
             self.consecutive_failures.store(0, Ordering::Release);
+            self.decay(cfg);
             return false;
         }
         let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -149,11 +154,38 @@ impl HealthState {
         }
         let times = self.ejections.fetch_add(1, Ordering::AcqRel) + 1;
         let length = cfg.eject_for.saturating_mul(times.min(10));
-        self.ejected_until
-            .store(now_ms() + length.as_millis() as u64, Ordering::Release);
+        let until = now_ms() + length.as_millis() as u64;
+        self.ejected_until.store(until, Ordering::Release);
+        self.decay_from.store(until, Ordering::Release);
         self.consecutive_failures.store(0, Ordering::Release);
         self.ejections_total.fetch_add(1, Ordering::Relaxed);
         true
+    }
+}
+
+impl HealthState {
+    /// Steps the ejection multiplier down once the target has served for `eject_for` since it
+    /// came back (or since the last step), so a target that failed once long ago is not
+    /// ejected ten times as long on its next bad minute.
+    fn decay(&self, cfg: &PassiveHealthConfig) {
+        if self.ejections.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = now_ms();
+        let from = self.decay_from.load(Ordering::Acquire);
+        if now < from.saturating_add(cfg.eject_for.as_millis() as u64) {
+            return;
+        }
+        // One caller wins the step; the others see the moved marker and leave it.
+        if self
+            .decay_from
+            .compare_exchange(from, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = self
+                .ejections
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -211,5 +243,36 @@ mod tests {
         h.call_result(false, &c, || false);
         assert!(!h.call_result(false, &c, || false));
         assert!(!h.ejected());
+    }
+
+    #[test]
+    fn the_ejection_multiplier_decays_while_the_target_serves() {
+        let h = HealthState::default();
+        let c = PassiveHealthConfig {
+            consecutive_failures: 1,
+            eject_for: Duration::from_millis(100),
+            max_ejected_percent: 100.0,
+        };
+        assert!(h.call_result(false, &c, || true));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(h.call_result(false, &c, || true), "second ejection");
+        assert_eq!(h.ejections.load(Ordering::Relaxed), 2);
+        // Back in service: a success right away does not step down yet...
+        std::thread::sleep(Duration::from_millis(210));
+        assert!(!h.ejected());
+        h.call_result(true, &c, || true);
+        assert_eq!(h.ejections.load(Ordering::Relaxed), 2);
+        // ...one eject_for of service later it does, once per eject_for.
+        std::thread::sleep(Duration::from_millis(120));
+        h.call_result(true, &c, || true);
+        h.call_result(true, &c, || true);
+        assert_eq!(h.ejections.load(Ordering::Relaxed), 1);
+        std::thread::sleep(Duration::from_millis(120));
+        h.call_result(true, &c, || true);
+        assert_eq!(h.ejections.load(Ordering::Relaxed), 0);
+        // The next ejection is a first one again.
+        assert!(h.call_result(false, &c, || true));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(!h.ejected(), "lasts one eject_for");
     }
 }
