@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,26 @@ struct Running {
     configured: SocketAddr,
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    gate: Arc<Gate>,
+}
+
+/// Open connections of one listener against its `max_connections`, which a reload may change
+/// while connections are open (a semaphore sized at start could not follow it).
+#[derive(Default)]
+struct Gate {
+    open: std::sync::atomic::AtomicUsize,
+    /// Woken when a connection ends or a reload may have changed the limit.
+    changed: Notify,
+}
+
+/// Holds one of a listener's connection slots; frees it on drop.
+struct Slot(Arc<Gate>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
 }
 
 /// The set of running listeners, kept in step with the config across reloads.
@@ -80,15 +100,27 @@ impl Listeners {
                 let _ = old.stop.send(true);
             }
             info!(listener = %name, address = %local, "listening");
-            tokio::spawn(accept_loop(listener, name.clone(), shared.clone(), stop_rx));
+            let gate = Arc::new(Gate::default());
+            tokio::spawn(accept_loop(
+                listener,
+                name.clone(),
+                shared.clone(),
+                gate.clone(),
+                stop_rx,
+            ));
             self.running.insert(
                 name,
                 Running {
                     configured,
                     local,
                     stop,
+                    gate,
                 },
             );
+        }
+        // Listeners that stay pick up a changed `max_connections` from the new snapshot.
+        for r in self.running.values() {
+            r.gate.changed.notify_one();
         }
         let keep: Vec<&String> = wanted.iter().map(|(n, _)| n).collect();
         self.running.retain(|name, r| {
@@ -133,26 +165,29 @@ async fn accept_loop(
     listener: TcpListener,
     name: String,
     shared: Arc<Shared>,
+    gate: Arc<Gate>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = shared
-        .snapshot
-        .load()
-        .listeners
-        .get(&name)
-        .and_then(|l| l.limits.max_connections);
-    let permits = limit.map(|n| Arc::new(Semaphore::new(n)));
     let accepted = shared.metrics.connections.with_label_values(&[&name]);
     let open = shared.metrics.open_gauge(&name);
     loop {
         // At the connection limit, stop accepting: new clients wait in the kernel backlog.
-        let permit = match &permits {
-            Some(p) => tokio::select! {
-                p = p.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
+        // The limit is read from the current snapshot, so a reload moves it.
+        loop {
+            let limit = shared
+                .snapshot
+                .load()
+                .listeners
+                .get(&name)
+                .and_then(|l| l.limits.max_connections);
+            if limit.is_none_or(|l| gate.open.load(Ordering::Acquire) < l) {
+                break;
+            }
+            tokio::select! {
+                _ = gate.changed.notified() => {}
                 _ = stop.changed() => return,
-            },
-            None => None,
-        };
+            }
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -169,6 +204,8 @@ async fn accept_loop(
             return;
         };
         accepted.inc();
+        gate.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(gate.clone());
         let shared = shared.clone();
         let open = open.clone();
         let task = async move {
@@ -176,7 +213,7 @@ async fn accept_loop(
             let _drain = shared.enter();
             serve_conn(stream, peer, rt, shared).await;
             open.dec();
-            drop(permit);
+            drop(slot);
         };
         tokio::spawn(task);
     }

@@ -287,6 +287,47 @@ async fn max_connections_queues_the_next_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_max_connections_on_a_listener_that_stays() {
+    let up = echo_upstream("u").await;
+    let gw = Gateway::start(&limited("max_connections: 1", &up.address()));
+    let addr = gw.http();
+
+    let (mut first, _first_conn) = h1_conn(addr).await;
+    assert_eq!(h1_get(&mut first, addr, "/1").await.status, 200);
+    let (mut second, _second_conn) = h1_conn(addr).await;
+    let queued = tokio::spawn(async move {
+        let got = h1_get(&mut second, addr, "/2").await;
+        (got, second)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!queued.is_finished(), "served over max_connections: 1");
+
+    // Raising the limit lets the waiting client in while the first stays open.
+    gw.write_config(&limited("max_connections: 2", &up.address()));
+    let (got, _second) = tokio::time::timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the queued connection is served after the reload")
+        .expect("queued task");
+    assert_eq!(got.status, 200);
+    assert_eq!(gw.http(), addr, "the listener stayed on its socket");
+
+    // Lowering it again holds new clients back until open connections drop below it.
+    gw.write_config(&limited("max_connections: 1", &up.address()));
+    let reloads = || {
+        gw.log_lines()
+            .iter()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), async || reloads() >= 2).await);
+    let (mut third, _third_conn) = h1_conn(addr).await;
+    let queued = tokio::spawn(async move { h1_get(&mut third, addr, "/3").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!queued.is_finished(), "served over the lowered limit");
+    assert_eq!(h1_get(&mut first, addr, "/1b").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_h2c_streams_on_one_connection() {
     let up = upstream(|req: Request<hyper::body::Incoming>| async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
