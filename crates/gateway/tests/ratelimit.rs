@@ -511,6 +511,19 @@ async fn redis_outage_allow_and_deny_then_recovery() {
         errors >= errors_before + 25.0,
         "redis errors went from {errors_before} to {errors}"
     );
+    // Counted against the route whose decision failed.
+    let text = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec())
+        .expect("metrics are UTF-8");
+    let scoped = |route: &str| {
+        metric_sum(
+            &text,
+            "portcullis_rate_limit_redis_errors_total",
+            &[("scope", route)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(scoped("open") >= 20.0, "{text}");
+    assert!((5.0..20.0).contains(&scoped("closed")), "{text}");
     // Logged once, not per request.
     let warned = |gw: &Gateway| {
         gw.log_lines()

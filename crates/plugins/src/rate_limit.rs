@@ -95,7 +95,6 @@ struct RedisLimiter {
     conn: arc_swap::ArcSwapOption<RedisConn>,
     connecting: tokio::sync::Mutex<()>,
     script: redis::Script,
-    errors: Counter,
     last_log: AtomicU64,
 }
 
@@ -127,6 +126,8 @@ pub struct RateLimit {
     deny_on_failure: bool,
     timeout: Duration,
     limited: Counter,
+    /// Redis failures of this scope (the redis policy only).
+    redis_errors: Option<Counter>,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -251,7 +252,6 @@ pub fn build(
                     ));
                 }
             };
-            let scope = ctx.scope.to_owned();
             let limiter = crate::shared::try_shared(&format!("rl-redis:{target_key}"), || {
                 let target = match (&r.url, r.cluster.is_empty()) {
                     (Some(u), true) => RedisTarget::Single(Box::new(
@@ -268,11 +268,6 @@ pub fn build(
                     conn: arc_swap::ArcSwapOption::empty(),
                     connecting: tokio::sync::Mutex::new(()),
                     script: redis::Script::new(GCRA_LUA),
-                    errors: counter(
-                        "portcullis_rate_limit_redis_errors_total",
-                        "Rate-limit decisions Redis could not make (unreachable, slow, failing).",
-                        &[("scope", &scope)],
-                    ),
                     last_log: AtomicU64::new(0),
                 })
             })?;
@@ -280,6 +275,13 @@ pub fn build(
         }
         Some(p) => return Err(err("policy", format!("`{p}`: use local or redis"))),
     };
+    let redis_errors = matches!(backend, Backend::Redis(_)).then(|| {
+        counter(
+            "portcullis_rate_limit_redis_errors_total",
+            "Rate-limit decisions Redis could not make (unreachable, slow, failing).",
+            &[("scope", ctx.scope)],
+        )
+    });
     Ok(Arc::new(RateLimit {
         backend,
         key,
@@ -294,6 +296,7 @@ pub fn build(
             "Requests refused by rate_limit.",
             &[("scope", ctx.scope)],
         ),
+        redis_errors,
     }))
 }
 
@@ -429,7 +432,9 @@ impl RateLimit {
     }
 
     fn redis_failed(&self, r: &RedisLimiter, e: &str) {
-        r.errors.inc();
+        if let Some(c) = &self.redis_errors {
+            c.inc();
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
