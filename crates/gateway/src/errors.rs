@@ -88,17 +88,22 @@ struct Inner<'a> {
     request_id: &'a str,
 }
 
-/// Renders `{"error": {...}}` with `Content-Type: application/json` and `X-Request-ID`.
-pub fn render(e: &GatewayError, request_id: &HeaderValue) -> Response<RespBody> {
-    let body = serde_json::to_vec(&Envelope {
+/// The contract's JSON error body.
+fn json_body(e: &GatewayError, request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
         error: Inner {
             status: e.status.as_u16(),
             code: e.code,
             message: &e.message,
-            request_id: request_id.to_str().unwrap_or(""),
+            request_id,
         },
     })
-    .unwrap_or_default();
+    .unwrap_or_default()
+}
+
+/// Renders `{"error": {...}}` with `Content-Type: application/json` and `X-Request-ID`.
+pub fn render(e: &GatewayError, request_id: &HeaderValue) -> Response<RespBody> {
+    let body = json_body(e, request_id.to_str().unwrap_or(""));
     let mut resp = Response::new(RespBody::full(body));
     *resp.status_mut() = e.status;
     let h = resp.headers_mut();
@@ -112,4 +117,25 @@ pub fn render(e: &GatewayError, request_id: &HeaderValue) -> Response<RespBody> 
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The same error as a whole HTTP/1.1 response that closes the connection, for the few
+/// answers written below hyper (see `server::Counted`). `extra` is more header lines, each
+/// ending in CRLF.
+pub fn render_http1(e: &GatewayError, request_id: &str, extra: &[u8]) -> Vec<u8> {
+    let body = json_body(e, request_id);
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n",
+            e.status.as_u16(),
+            e.status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
 }

@@ -35,6 +35,8 @@ pub struct FramingWatch {
     pending: Pending,
     /// 1-based index of the last request whose head had ambiguous framing; 0 for none.
     pub ambiguous: u64,
+    /// The connection left HTTP/1.1 (h2c preface or an upgrade): its bytes are another protocol.
+    pub switched: bool,
 }
 
 impl FramingWatch {
@@ -47,6 +49,7 @@ impl FramingWatch {
             max_head: max_head.max(1024) * 2,
             pending: Pending::default(),
             ambiguous: 0,
+            switched: false,
         }
     }
 
@@ -145,6 +148,7 @@ impl FramingWatch {
             };
             if line.starts_with(b"PRI * HTTP/2") {
                 self.state = State::Off;
+                self.switched = true;
             }
             return;
         }
@@ -177,6 +181,7 @@ impl FramingWatch {
         self.state = if p.upgrade {
             // After a 101 the bytes are another protocol; after a refused upgrade the client
             // usually closes. Either way, stop following.
+            self.switched = true;
             State::Off
         } else if p.transfer_encoding {
             if p.chunked {

@@ -537,6 +537,11 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    new_request_id()
+}
+
+/// A fresh random request ID: 32 hex digits.
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let r = fastrand::u128(..);
     let mut out = [0u8; 32];

@@ -19,6 +19,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use http::StatusCode;
+
+use crate::errors::GatewayError;
 use crate::framing::FramingWatch;
 use crate::snapshot::ListenerRuntime;
 use crate::state::{ConnInfo, ConnState, Shared};
@@ -273,6 +276,7 @@ async fn serve_conn(
         io,
         info: info.clone(),
         framing,
+        rewrite: None,
     });
     let svc_info = info.clone();
     let svc = service_fn(move |req| crate::proxy::handle(req, svc_info.clone()));
@@ -367,6 +371,103 @@ struct Counted {
     io: ServerIo,
     info: Arc<ConnInfo>,
     framing: Option<FramingWatch>,
+    /// A contract error being written in place of one of hyper's own answers.
+    rewrite: Option<Box<Rewrite>>,
+}
+
+/// Replacement bytes for a head hyper wrote, and how much of hyper's buffer they stand for.
+struct Rewrite {
+    bytes: Vec<u8>,
+    written: usize,
+    consumed: usize,
+}
+
+/// Recognises the answer hyper writes by itself to an HTTP/1.1 request it cannot parse (a
+/// malformed head, differing duplicate Content-Length, a head past its buffer, a URI too
+/// long): status 400, 431 or 414, an empty body, and none of the headers every gateway response
+/// carries (`x-request-id`). hyper offers no hook for these, so the contract's JSON error is
+/// swapped in as the bytes go out. Returns the error, the length of hyper's head, and its
+/// `date` line.
+fn hyper_auto_error(buf: &[u8], max_header_bytes: usize) -> Option<(GatewayError, usize, &[u8])> {
+    let status = buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)?;
+    let err = match status {
+        b"400 " => GatewayError::bad_request("malformed request head"),
+        b"431 " => GatewayError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers larger than {max_header_bytes} bytes"),
+        ),
+        b"414 " => GatewayError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "request target longer than the request head may be",
+        ),
+        _ => return None,
+    };
+    let window = &buf[..buf.len().min(512)];
+    let end = window.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = &buf[..end];
+    let mut date: &[u8] = b"";
+    let mut empty = false;
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        if line.starts_with(b"x-request-id:") {
+            return None;
+        }
+        if line == b"content-length: 0\r" {
+            empty = true;
+        }
+        if line.starts_with(b"date: ") {
+            date = line;
+        }
+    }
+    empty.then_some((err, end, date))
+}
+
+impl Counted {
+    /// Writes `buf` through, or, for one of hyper's own error heads, the contract's JSON error
+    /// instead (reported as `buf`'s head written).
+    fn write_or_rewrite(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.rewrite.is_none() {
+            let h1 = self.framing.as_ref().is_some_and(|w| !w.switched);
+            if !h1 || !buf.starts_with(b"HTTP/1.1 4") {
+                return None;
+            }
+            let (err, consumed, date) =
+                hyper_auto_error(buf, self.info.listener.limits.max_header_bytes)?;
+            let rid = crate::proxy::new_request_id();
+            let rid = rid.to_str().unwrap_or("0");
+            let mut extra = date.to_vec();
+            if !extra.is_empty() {
+                extra.push(b'\n');
+            }
+            debug!(peer = %self.info.peer, status = err.status.as_u16(), request_id = rid, "request head refused by the HTTP/1.1 parser");
+            self.rewrite = Some(Box::new(Rewrite {
+                bytes: crate::errors::render_http1(&err, rid, &extra),
+                written: 0,
+                consumed,
+            }));
+        }
+        let rw = self.rewrite.as_mut()?;
+        while rw.written < rw.bytes.len() {
+            let r = match &mut self.io {
+                ServerIo::Plain(s) => Pin::new(s).poll_write(cx, &rw.bytes[rw.written..]),
+                ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, &rw.bytes[rw.written..]),
+            };
+            match r {
+                Poll::Ready(Ok(0)) => return Some(Poll::Ready(Ok(0))),
+                Poll::Ready(Ok(n)) => rw.written += n,
+                other => return Some(other),
+            }
+        }
+        let consumed = rw.consumed;
+        self.rewrite = None;
+        self.info.state.activity.fetch_add(1, Ordering::Relaxed);
+        Some(Poll::Ready(Ok(consumed)))
+    }
 }
 
 impl AsyncRead for Counted {
@@ -405,6 +506,9 @@ impl AsyncWrite for Counted {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(r) = this.write_or_rewrite(cx, buf) {
+            return r;
+        }
         let r = match &mut this.io {
             ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -421,6 +525,11 @@ impl AsyncWrite for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(r) = this.write_or_rewrite(cx, first)
+        {
+            return r;
+        }
         let r = match &mut this.io {
             ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),

@@ -188,14 +188,15 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
     let resp = read_response(&mut s);
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert!(resp.contains("\"code\":\"bad_request\""), "{resp}");
-    // Differing duplicate Content-Length: refused with 400 (by the HTTP parser).
+    // Differing duplicate Content-Length: refused with 400 by the HTTP parser, still the JSON
+    // error of the contract with an X-Request-ID.
     let mut s = TcpStream::connect(gw.http()).expect("connect");
     s.write_all(
         b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
     )
     .expect("write");
     let resp = read_response(&mut s);
-    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_json_error(&resp, "400", "bad_request");
     // Transfer-Encoding first: refused the same way (the HTTP parser drops the Content-Length
     // before the request reaches the pipeline; the framing watcher saw it on the wire).
     let mut s = TcpStream::connect(gw.http()).expect("connect");
@@ -219,6 +220,81 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
         1,
         "only the clean request reached the upstream"
     );
+}
+
+/// Asserts a raw response is the contract's JSON error with `status` and `code`.
+fn assert_json_error(resp: &str, status: &str, code: &str) {
+    assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp}");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{resp}"
+    );
+    let rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {resp}"));
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["error"]["code"], code, "{resp}");
+    assert_eq!(v["error"]["status"].to_string(), status, "{resp}");
+    assert_eq!(v["error"]["request_id"], rid, "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_http_parser_refuses_get_the_json_error() {
+    let up = echo_upstream("echo").await;
+    let gw = Gateway::start(&proxy_config(&up.address(), ""));
+    let raw = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(gw.http()).expect("connect");
+        s.write_all(bytes).expect("write");
+        read_response(&mut s)
+    };
+    // A header name with a space, a broken request line, an unparseable Content-Length.
+    for bad in [
+        &b"GET /x HTTP/1.1\r\nHo st: h\r\n\r\n"[..],
+        b"GET /x HTTP/9\r\nHost: h\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1x\r\n\r\n",
+    ] {
+        assert_json_error(&raw(bad), "400", "bad_request");
+    }
+    // A head past the parser's buffer (twice the 64 KiB default limit): 431.
+    let mut big = b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 140_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_json_error(&raw(&big), "431", "headers_too_large");
+    // A request target too long for the parser: 414.
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 70_000));
+    long.extend_from_slice(b" HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_json_error(&raw(&long), "414", "uri_too_long");
+    // After a good request on a keep-alive connection, the bad one is refused the same way and
+    // the good response is untouched.
+    let mut s = TcpStream::connect(gw.http()).expect("connect");
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("write");
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    s.write_all(b"GET /x HTTP/1.1\r\nHo st: h\r\n\r\n")
+        .expect("write");
+    assert_json_error(&read_response(&mut s), "400", "bad_request");
+    // An upstream's own empty 400 passes through as it is.
+    let bare = upstream(|_req: http::Request<hyper::body::Incoming>| async {
+        Response::builder()
+            .status(400)
+            .header("x-upstream", "bare")
+            .body(Full::new(Bytes::new()))
+            .expect("response")
+    })
+    .await;
+    let gw = Gateway::start(&proxy_config(&bare.address(), ""));
+    let mut s = TcpStream::connect(gw.http()).expect("connect");
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("write");
+    let resp = read_response(&mut s).to_ascii_lowercase();
+    assert!(resp.starts_with("http/1.1 400 "), "{resp}");
+    assert!(resp.contains("x-upstream: bare"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\n"), "no body added: {resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
