@@ -40,6 +40,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// TLS handshakes failed, by listener.
     pub tls_failures: IntCounterVec,
+    /// HTTP/1.1 request heads the parser refused before routing, by listener and status.
+    pub refused_heads: IntCounterVec,
 }
 
 /// Method label values; anything else is `OTHER`, so the label stays bounded.
@@ -203,6 +205,12 @@ impl Metrics {
             "TLS handshakes that failed, by listener.",
             &["listener"],
         );
+        let refused_heads = counter_vec(
+            &registry,
+            "portcullis_refused_request_heads_total",
+            "HTTP/1.1 request heads refused by the parser before routing (malformed, differing Content-Length, too large), by listener and status.",
+            &["listener", "status"],
+        );
         Self {
             registry,
             requests,
@@ -217,6 +225,7 @@ impl Metrics {
             connections,
             open_connections,
             tls_failures,
+            refused_heads,
         }
     }
 

@@ -445,6 +445,12 @@ impl Counted {
                 extra.push(b'\n');
             }
             debug!(peer = %self.info.peer, status = err.status.as_u16(), request_id = rid, "request head refused by the HTTP/1.1 parser");
+            self.info
+                .shared
+                .metrics
+                .refused_heads
+                .with_label_values(&[&self.info.listener.name, err.status.as_str()])
+                .inc();
             self.rewrite = Some(Box::new(Rewrite {
                 bytes: crate::errors::render_http1(&err, rid, &extra),
                 written: 0,

@@ -278,6 +278,19 @@ async fn heads_the_http_parser_refuses_get_the_json_error() {
     s.write_all(b"GET /x HTTP/1.1\r\nHo st: h\r\n\r\n")
         .expect("write");
     assert_json_error(&read_response(&mut s), "400", "bad_request");
+    // Counted, by listener and status.
+    let text = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec())
+        .expect("metrics are UTF-8");
+    let refused = |status: &str| {
+        metric_sum(
+            &text,
+            "portcullis_refused_request_heads_total",
+            &[("listener", "http"), ("status", status)],
+        )
+    };
+    assert_eq!(refused("400"), Some(4.0), "{text}");
+    assert_eq!(refused("431"), Some(1.0), "{text}");
+    assert_eq!(refused("414"), Some(1.0), "{text}");
     // An upstream's own empty 400 passes through as it is.
     let bare = upstream(|_req: http::Request<hyper::body::Incoming>| async {
         Response::builder()
