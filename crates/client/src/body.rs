@@ -15,6 +15,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, ErrorKind, classify_hyper};
+use crate::upload::Tracked;
 use crate::upstream::Target;
 
 pin_project! {
@@ -28,7 +29,7 @@ pin_project! {
         idle: Option<Pin<Box<Sleep>>>,
         read_idle: Duration,
         last_frame: Option<Instant>,
-        checkin: Option<http1::SendRequest<B>>,
+        checkin: Option<http1::SendRequest<Tracked<B>>>,
         target: Option<Arc<Target<B>>>,
         attempts: u32,
     }
@@ -47,7 +48,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn new(
         inner: Incoming,
         read_idle: Duration,
-        checkin: Option<http1::SendRequest<B>>,
+        checkin: Option<http1::SendRequest<Tracked<B>>>,
         target: Arc<Target<B>>,
     ) -> Self {
         // A response without a body is complete already: nobody will poll it to the end.

@@ -76,6 +76,7 @@ pub mod health;
 mod pool;
 pub mod retry;
 mod stats;
+mod upload;
 mod upstream;
 mod window;
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 
+use crate::upload::Tracked;
+
 /// Pool settings of an upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
@@ -30,7 +32,7 @@ impl Default for PoolConfig {
 }
 
 struct Idle<B> {
-    tx: http1::SendRequest<B>,
+    tx: http1::SendRequest<Tracked<B>>,
     since: Instant,
 }
 
@@ -41,7 +43,7 @@ pub(crate) const MODE_H2: u8 = 2;
 
 pub(crate) struct TargetPool<B> {
     idle: Mutex<Vec<Idle<B>>>,
-    pub(crate) h2: tokio::sync::Mutex<Option<http2::SendRequest<B>>>,
+    pub(crate) h2: tokio::sync::Mutex<Option<http2::SendRequest<Tracked<B>>>>,
     pub(crate) mode: AtomicU8,
     cfg: PoolConfig,
 }
@@ -61,7 +63,7 @@ impl<B> TargetPool<B> {
     }
 
     /// The most recently returned live idle connection.
-    pub(crate) fn checkout(&self) -> Option<http1::SendRequest<B>> {
+    pub(crate) fn checkout(&self) -> Option<http1::SendRequest<Tracked<B>>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
@@ -76,7 +78,7 @@ impl<B> TargetPool<B> {
     }
 
     /// Returns a connection after its response completed; dropped (closed) when full or dead.
-    pub(crate) fn checkin(&self, tx: http1::SendRequest<B>) {
+    pub(crate) fn checkin(&self, tx: http1::SendRequest<Tracked<B>>) {
         if tx.is_closed() || self.cfg.max_idle_per_host == 0 {
             return;
         }

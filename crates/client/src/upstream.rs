@@ -33,6 +33,7 @@ use crate::health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
 use crate::pool::{MODE_H1, MODE_H2, MODE_UNKNOWN, PoolConfig, TargetPool};
 use crate::retry::{RetryBudget, RetryPolicy, backoff, idempotent};
 use crate::stats::{TargetStats, UpstreamStats};
+use crate::upload::{Progress, Tracked};
 
 /// A request body the client can send again when it is held in memory.
 pub trait ReplayBody: Body<Data = Bytes> + Send + Unpin + Sized + 'static {
@@ -130,7 +131,8 @@ pub enum Protocol {
 pub struct Timeouts {
     /// Name resolution, TCP connect and TLS handshake together.
     pub connect: Duration,
-    /// From sending the request to receiving the complete response head.
+    /// Silence allowed before the complete response head: from the end of the request body,
+    /// restarted by every body chunk sent while an upload streams (a long upload is not cut).
     pub response_header: Duration,
     /// Longest silence between response body frames (not a cap on the whole body).
     pub read_idle: Duration,
@@ -297,10 +299,10 @@ struct Inner<B> {
 
 enum Sender<B> {
     H1 {
-        tx: http1::SendRequest<B>,
+        tx: http1::SendRequest<Tracked<B>>,
         reused: bool,
     },
-    H2(http2::SendRequest<B>),
+    H2(http2::SendRequest<Tracked<B>>),
 }
 
 /// Decrements a target's in-flight count unless handed on to the response body.
@@ -718,13 +720,18 @@ where
                 Sender::H2(_) => true,
             };
             self.prepare(target, &mut req, is_h2);
+            let (wire, progress) = Tracked::new_request(req);
+            let progress = progress.as_deref();
             let (result, checkin) = match sender {
                 Sender::H1 { mut tx, .. } => {
-                    let r = response_head(tx.try_send_request(req), rh).await;
+                    let r = response_head(tx.try_send_request(wire), rh, progress).await;
                     let keep = r.is_ok();
                     (r, keep.then_some(tx))
                 }
-                Sender::H2(mut tx) => (response_head(tx.try_send_request(req), rh).await, None),
+                Sender::H2(mut tx) => (
+                    response_head(tx.try_send_request(wire), rh, progress).await,
+                    None,
+                ),
             };
             match result {
                 Ok(resp) => {
@@ -980,21 +987,49 @@ where
 
 /// Waits for a response head within the response header timeout; on failure, the request
 /// comes back when it was never written.
+///
+/// While a request body is still streaming, the timeout restarts with every frame the
+/// connection takes: it measures the upstream's silence, not the length of the upload (which
+/// the route's `timeout` and a per-try timeout can still bound).
+// The error carries the unsent request back for a retry; it only moves on the failure path.
+#[allow(clippy::result_large_err)]
 async fn response_head<B>(
-    send: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>>,
+    send: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Tracked<B>>>>>,
     timeout: Duration,
+    progress: Option<&Progress>,
 ) -> Result<Response<Incoming>, (Error, Option<Request<B>>)> {
-    match tokio::time::timeout(timeout, send).await {
-        Err(_) => Err((
+    let timed_out = || {
+        Err((
             Error::new(ErrorKind::ResponseHeaderTimeout).with_timeout(timeout),
             None,
-        )),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(mut e)) => {
-            let back = e.take_message();
-            Err((classify_hyper(e.into_error()), back))
+        ))
+    };
+    let mut send = std::pin::pin!(send);
+    if let Some(p) = progress {
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        while !p.done() {
+            tokio::select! {
+                biased;
+                r = &mut send => return sent(r),
+                () = p.moved() => deadline = tokio::time::Instant::now() + timeout,
+                () = tokio::time::sleep_until(deadline) => return timed_out(),
+            }
         }
     }
+    match tokio::time::timeout(timeout, send).await {
+        Err(_) => timed_out(),
+        Ok(r) => sent(r),
+    }
+}
+
+#[allow(clippy::result_large_err)] // as `response_head`
+fn sent<B>(
+    r: Result<Response<Incoming>, TrySendError<Request<Tracked<B>>>>,
+) -> Result<Response<Incoming>, (Error, Option<Request<B>>)> {
+    r.map_err(|mut e| {
+        let back = e.take_message().map(|r| r.map(Tracked::into_inner));
+        (classify_hyper(e.into_error()), back)
+    })
 }
 
 /// Holds a breaker permit until its outcome is recorded; releases an unrecorded probe.

@@ -635,3 +635,93 @@ async fn dns_names_resolve_to_every_address_and_follow_changes() {
     assert_eq!(status_of(&u, get()).await, Ok(202));
     assert!(dns.failures.load(Ordering::Relaxed) > 0);
 }
+
+/// A body that sends `chunks` chunks of 1 KiB, one every `every`.
+fn trickle(chunks: usize, every: Duration) -> RequestBody {
+    let s = futures_util::stream::unfold(0, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        let frame = hyper::body::Frame::data(Bytes::from(vec![b'u'; 1024]));
+        Some((Ok::<_, BoxError>(frame), i + 1))
+    });
+    RequestBody::Stream(http_body_util::StreamBody::new(s).boxed_unsync())
+}
+
+#[tokio::test]
+async fn a_long_upload_is_not_a_response_header_timeout_but_a_silent_upstream_is() {
+    // Reads the whole body, then answers with its length.
+    let (reader, _) = server(|_, req: Request<Incoming>| async move {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        Response::new(Full::new(Bytes::from(n.to_string())))
+    })
+    .await;
+    let mut cfg = UpstreamConfig::new("up", vec![target(reader)]);
+    cfg.timeouts.response_header = Duration::from_millis(300);
+    let up: Upstream<RequestBody> = Upstream::new(cfg);
+    // 12 chunks 100 ms apart: 1.2 s of upload, four times the response header timeout.
+    let started = Instant::now();
+    let resp = up
+        .send(
+            Request::post("/upload")
+                .body(trickle(12, Duration::from_millis(100)))
+                .expect("request"),
+            None,
+        )
+        .await
+        .expect("a streaming upload is not cut by the response header timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, "12288");
+
+    // An upload that stalls for longer than the timeout is cut...
+    let started = Instant::now();
+    let err = up
+        .send(
+            Request::post("/upload")
+                .body(trickle(2, Duration::from_millis(700)))
+                .expect("request"),
+            None,
+        )
+        .await
+        .expect_err("a stalled upload");
+    assert_eq!(err.kind(), ErrorKind::ResponseHeaderTimeout);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // ...and so is an upstream that takes the whole body and then says nothing, counted from
+    // the body's end.
+    let (silent, _) = server(|_, req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        status(200)
+    })
+    .await;
+    let mut cfg = UpstreamConfig::new("silent", vec![target(silent)]);
+    cfg.timeouts.response_header = Duration::from_millis(300);
+    let up: Upstream<RequestBody> = Upstream::new(cfg);
+    let started = Instant::now();
+    let err = up
+        .send(
+            Request::post("/upload")
+                .body(trickle(5, Duration::from_millis(100)))
+                .expect("request"),
+            None,
+        )
+        .await
+        .expect_err("a silent upstream");
+    assert_eq!(err.kind(), ErrorKind::ResponseHeaderTimeout);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(750) && took < Duration::from_millis(1500),
+        "500 ms of upload, then 300 ms of silence: {took:?}"
+    );
+}
