@@ -384,8 +384,8 @@ struct Rewrite {
 
 /// Recognises the answer hyper writes by itself to an HTTP/1.1 request it cannot parse (a
 /// malformed head, differing duplicate Content-Length, a head past its buffer, a URI too
-/// long): status 400, 431 or 414, an empty body, and none of the headers every gateway response
-/// carries (`x-request-id`). hyper offers no hook for these, so the contract's JSON error is
+/// long): status 400, 431 or 414, an empty body, `connection: close`, and none of the headers
+/// every gateway response carries (`x-request-id`). hyper offers no hook for these, so the contract's JSON error is
 /// swapped in as the bytes go out. Returns the error, the length of hyper's head, and its
 /// `date` line.
 fn hyper_auto_error(buf: &[u8], max_header_bytes: usize) -> Option<(GatewayError, usize, &[u8])> {
@@ -408,19 +408,18 @@ fn hyper_auto_error(buf: &[u8], max_header_bytes: usize) -> Option<(GatewayError
     let end = window.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = &buf[..end];
     let mut date: &[u8] = b"";
-    let mut empty = false;
+    let (mut empty, mut closing) = (false, false);
     for line in head.split(|b| *b == b'\n').skip(1) {
         if line.starts_with(b"x-request-id:") {
             return None;
         }
-        if line == b"content-length: 0\r" {
-            empty = true;
-        }
+        empty |= line == b"content-length: 0\r";
+        closing |= line == b"connection: close\r";
         if line.starts_with(b"date: ") {
             date = line;
         }
     }
-    empty.then_some((err, end, date))
+    (empty && closing).then_some((err, end, date))
 }
 
 impl Counted {
@@ -564,6 +563,39 @@ impl AsyncWrite for Counted {
         match &mut self.get_mut().io {
             ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hyper_auto_error;
+
+    #[test]
+    fn only_hyper_s_own_error_heads_are_recognised() {
+        let own = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 14:28:52 GMT\r\n\r\n";
+        let (e, end, date) = hyper_auto_error(own, 1024).expect("hyper's own 400");
+        assert_eq!(
+            (e.status.as_u16(), e.code, end),
+            (400, "bad_request", own.len())
+        );
+        assert_eq!(date, b"date: Mon, 23 Nov 2026 14:28:52 GMT\r");
+        let big = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            hyper_auto_error(big, 1024).expect("431").0.code,
+            "headers_too_large"
+        );
+        for other in [
+            // A response the gateway made or proxied: it carries X-Request-ID.
+            &b"HTTP/1.1 400 Bad Request\r\nx-request-id: abc\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"[..],
+            // With a body, or on a connection that stays open.
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            // Another status, or a head not whole in this write.
+            b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-len",
+        ] {
+            assert!(hyper_auto_error(other, 1024).is_none(), "{}", String::from_utf8_lossy(other));
         }
     }
 }
