@@ -9,7 +9,6 @@
 #[path = "e2e/harness.rs"]
 mod harness;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1082,21 +1081,6 @@ async fn cors_preflights_simple_requests_and_origin_patterns() {
     assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
-fn validate(yaml: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("gw.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = Command::new(bin())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run validate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn validate_reports_plugin_config_errors_with_their_field_paths() {
     let yaml = config(
@@ -1142,7 +1126,7 @@ routes:
       jwt: { keys: [{ algorithm: HS256, secret: "an-hs256-secret-that-is-long-enough-0123" }], isuer: x }
 "#,
     );
-    let (code, err) = validate(&yaml);
+    let (code, _, err) = validate(&yaml);
     assert_eq!(code, 1, "{err}");
     for path in [
         "routes[0].plugins.jwt.keys[0].algorithm",
@@ -1191,6 +1175,6 @@ routes:
       rate_limit: { limit: 10, per: 1s, key: "header:X-Tenant" }
 "#,
     );
-    let (code, err) = validate(&good);
+    let (code, _, err) = validate(&good);
     assert_eq!(code, 0, "{err}");
 }

@@ -376,7 +376,7 @@ async fn many_concurrent_h2c_streams_on_one_connection() {
     );
     // 100 x 200 ms one after another would take 20 s: the streams ran concurrently.
     assert!(took < Duration::from_secs(5), "100 streams took {took:?}");
-    let m = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec()).expect("utf8");
+    let m = metrics_text(&gw).await;
     let accepted = m
         .lines()
         .find_map(|l| l.strip_prefix("portcullis_connections_total{listener=\"http\"} "))

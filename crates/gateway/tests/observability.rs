@@ -58,12 +58,6 @@ fn with_token(yaml: &str) -> String {
     yaml.replace(admin, &format!("{admin}  token: ${{{TOKEN_ENV}}}\n"))
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    let got = get(&gw.admin_url("/metrics")).await;
-    assert_eq!(got.status, 200);
-    String::from_utf8(got.body.to_vec()).expect("metrics are UTF-8")
-}
-
 /// The value of one series written exactly as rendered (`name{labels}`).
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -79,32 +73,6 @@ fn series_set(text: &str) -> BTreeSet<String> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
         .collect()
-}
-
-/// `promtool check metrics` on `text`. CI installs promtool (scripts/test.sh), so a missing
-/// promtool is a failure, not a skip.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package `prometheus`; scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A loopback port nothing listens on.
@@ -665,7 +633,7 @@ routes:
     tokio::time::timeout(Duration::from_secs(5), arrived.notified())
         .await
         .expect("the slow request reaches its upstream");
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(
         metric(&m, "portcullis_requests_in_flight"),
         Some(1.0),
@@ -675,12 +643,12 @@ routes:
     assert_eq!(slow.await.expect("slow").status, 200);
     assert!(
         eventually(Duration::from_secs(3), async || {
-            metric(&metrics(&gw).await, "portcullis_requests_in_flight") == Some(0.0)
+            metric(&metrics_text(&gw).await, "portcullis_requests_in_flight") == Some(0.0)
         })
         .await
     );
 
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     let sum = |name: &str, labels: &[(&str, &str)]| metric_sum(&m, name, labels);
 
     // Requests by route, method, status class and upstream.
@@ -952,7 +920,7 @@ routes:
     promtool_check(&m);
 
     // Bounded cardinality: 200 different paths on one route add no series.
-    let before = series_set(&metrics(&gw).await);
+    let before = series_set(&metrics_text(&gw).await);
     for i in 0..200 {
         let got = send(
             &client,
@@ -963,7 +931,7 @@ routes:
         .await;
         assert_eq!(got.status, 200);
     }
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     let after = series_set(&m);
     assert_eq!(
         after.symmetric_difference(&before).collect::<Vec<_>>(),
@@ -997,7 +965,7 @@ routes:
         admin(&gw, "POST", "/admin/reload", None, "").await.status,
         400
     );
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(
         metric(&m, "portcullis_config_reloads_total{result=\"ok\"}"),
         Some(1.0),
@@ -1015,7 +983,7 @@ routes:
     assert_ne!(new_hash, hash);
     let cfg = get(&gw.admin_url("/admin/config")).await.json();
     assert_eq!(cfg["hash"], new_hash.as_str());
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     let info: Vec<&str> = m
         .lines()
         .filter(|l| l.starts_with("portcullis_config_info"))
@@ -1209,7 +1177,7 @@ routes:
         .filter_map(|l| l["request_id"].as_str())
         .collect();
     assert_eq!(ids.len(), 8, "request IDs are unique");
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(metric(&m, "portcullis_access_log_lines_total"), Some(8.0));
     assert_eq!(metric(&m, "portcullis_access_log_dropped_total"), Some(0.0));
 }
@@ -1247,7 +1215,7 @@ routes:
     assert!(echoed["headers"]["content-length"].is_null(), "{echoed}");
     let l = access_line(&gw, "chunked-1").await;
     assert_eq!(l["bytes_in"], 3000, "{l}");
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(
         metric_sum(&m, "portcullis_request_bytes_total", &[("route", "api")]),
         Some(3000.0)
@@ -1514,7 +1482,7 @@ routes:
         "{:?}",
         collector.rejected()
     );
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(
         metric(&m, "portcullis_trace_spans_dropped_total"),
         Some(0.0)
@@ -1573,7 +1541,7 @@ routes:
             .expect("services")
             .contains("edge-gw")
     );
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(
         metric(&m, "portcullis_trace_spans_dropped_total"),
         Some(0.0)
@@ -1598,12 +1566,15 @@ routes:
     }
     assert!(
         eventually(Duration::from_secs(15), async || {
-            metric(&metrics(&gw).await, "portcullis_trace_spans_dropped_total")
-                .is_some_and(|n| n >= 1.0)
+            metric(
+                &metrics_text(&gw).await,
+                "portcullis_trace_spans_dropped_total",
+            )
+            .is_some_and(|n| n >= 1.0)
         })
         .await,
         "dropped spans are counted: {}",
-        metrics(&gw).await
+        metrics_text(&gw).await
     );
     assert!(gw.wait_for_log("span export failed", Duration::from_secs(5)));
     assert_eq!(collector.got.exports.load(Ordering::SeqCst), exports);
@@ -1651,7 +1622,7 @@ routes:
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
     assert_eq!(collector.got.exports.load(Ordering::SeqCst), 0);
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     assert_eq!(metric(&m, "portcullis_trace_spans_queued_total"), Some(0.0));
     assert_eq!(
         metric(&m, "portcullis_trace_spans_dropped_total"),
@@ -1757,7 +1728,7 @@ routes:
     let rate = r["measured"]["rate"].as_f64().expect("rate");
     assert!((rate - 100.0 / 60.0).abs() < 1e-9, "rate {rate}");
 
-    let m = metrics(&gw).await;
+    let m = metrics_text(&gw).await;
     let g = |name: &str| {
         metric(&m, &format!("{name}{{route=\"checkout\"}}"))
             .unwrap_or_else(|| panic!("{name} missing:\n{m}"))

@@ -360,13 +360,7 @@ impl Drop for Redis {
 
 /// The sum of every series of a counter on /metrics.
 async fn counter_sum(gw: &Gateway, name: &str) -> f64 {
-    let text = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec())
-        .expect("metrics are UTF-8");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&metrics_text(gw).await, name, &[]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,8 +506,7 @@ async fn redis_outage_allow_and_deny_then_recovery() {
         "redis errors went from {errors_before} to {errors}"
     );
     // Counted against the route whose decision failed.
-    let text = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec())
-        .expect("metrics are UTF-8");
+    let text = metrics_text(&gw).await;
     let scoped = |route: &str| {
         metric_sum(
             &text,

@@ -7,7 +7,6 @@ mod harness;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,20 +320,7 @@ async fn min_version_13_refuses_tls12_clients() {
 
 /// Runs `portcullis validate` on `yaml` in a dir holding the test certificates.
 fn validate_with_certs(pki: &Pki, yaml: &str) -> (i32, String, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    pki.write(dir.path());
-    let path = dir.path().join("gw.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = Command::new(bin())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run validate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    validate_in(yaml, |dir| pki.write(dir))
 }
 
 fn one_tls_listener(tls: &str) -> String {

@@ -5,22 +5,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn validate(yaml: &str) -> (i32, String, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("gw.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = Command::new(bin())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run validate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn version_prints_the_version() {
     let out = Command::new(bin()).arg("version").output().expect("run");

@@ -532,3 +532,60 @@ pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> 
     }
     total
 }
+
+/// Runs `portcullis validate -c` on `yaml`, written to a fresh directory that `prepare` may
+/// fill first (certificates, key files). Returns the exit code, stdout and stderr.
+pub fn validate_in(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    prepare(dir.path());
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = Command::new(bin())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `validate_in` with nothing beside the config.
+pub fn validate(yaml: &str) -> (i32, String, String) {
+    validate_in(yaml, |_| {})
+}
+
+/// The admin listener's `/metrics` text (asserting a 200).
+pub async fn metrics_text(gw: &Gateway) -> String {
+    let got = get(&gw.admin_url("/metrics")).await;
+    assert_eq!(got.status, 200);
+    String::from_utf8(got.body.to_vec()).expect("metrics are UTF-8")
+}
+
+/// `promtool check metrics` on `text`. CI installs promtool (scripts/test.sh), so a missing
+/// promtool is a failure, not a skip.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

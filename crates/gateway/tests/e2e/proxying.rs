@@ -279,8 +279,7 @@ async fn heads_the_http_parser_refuses_get_the_json_error() {
         .expect("write");
     assert_json_error(&read_response(&mut s), "400", "bad_request");
     // Counted, by listener and status.
-    let text = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec())
-        .expect("metrics are UTF-8");
+    let text = metrics_text(&gw).await;
     let refused = |status: &str| {
         metric_sum(
             &text,
