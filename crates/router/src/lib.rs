@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod index;
+pub mod path;
 mod shadow;
 mod spec;
 mod template;
@@ -25,6 +26,7 @@ use http::{HeaderMap, Method};
 use regex::RegexSet;
 
 use index::{Cand, PathIndex};
+pub use path::{DotSegments, EscapedSlashes, PathError, PathPolicy, normalize_path};
 pub use shadow::Shadowed;
 pub use spec::{HostMatch, PathMatch, RouteSpec};
 pub use template::{Segment, Template, TemplateError};
@@ -58,6 +60,8 @@ pub struct Router<T> {
     specs: Vec<RouteSpec>,
     values: Vec<T>,
     exact_hosts: HashMap<Box<str>, PathIndex>,
+    /// Some exact host names a port: requests with a port also look up `host:port`.
+    port_hosts: bool,
     wildcard_hosts: HashMap<Box<str>, PathIndex>,
     any_host: PathIndex,
     regex: Option<RegexRoutes>,
@@ -80,6 +84,9 @@ impl<T> Router<T> {
             values.push(v);
         }
         let mut exact_hosts: HashMap<Box<str>, PathIndex> = HashMap::new();
+        let port_hosts = specs
+            .iter()
+            .any(|s| s.hosts.iter().any(HostMatch::has_port));
         let mut wildcard_hosts: HashMap<Box<str>, PathIndex> = HashMap::new();
         let mut any_host = PathIndex::default();
         let mut regex_patterns = Vec::new();
@@ -125,6 +132,7 @@ impl<T> Router<T> {
             specs,
             values,
             exact_hosts,
+            port_hosts,
             wildcard_hosts,
             any_host,
             regex,
@@ -166,6 +174,11 @@ impl<T> Router<T> {
     pub fn lookup(&self, req: &Request<'_>) -> Option<Hit<'_, T>> {
         let mut best: Option<Cand> = None;
         let host = req.host.map(normalize_host);
+        let with_port = if self.port_hosts {
+            req.host.and_then(host_with_port)
+        } else {
+            None
+        };
         {
             let mut visit = |bucket: &[Cand]| {
                 for c in bucket {
@@ -178,6 +191,11 @@ impl<T> Router<T> {
                     }
                 }
             };
+            if let Some(hp) = with_port.as_deref()
+                && let Some(t) = self.exact_hosts.get(hp)
+            {
+                t.for_each_bucket(req.path, &mut visit);
+            }
             if let Some(h) = host.as_deref() {
                 if !self.exact_hosts.is_empty()
                     && let Some(t) = self.exact_hosts.get(h)
@@ -209,7 +227,7 @@ impl<T> Router<T> {
                     host.as_deref().and_then(|h| {
                         spec.hosts
                             .iter()
-                            .filter(|m| m.matches(h))
+                            .filter(|m| m.matches_request(h, with_port.as_deref()))
                             .map(|m| spec.rank(m.rank(), route as u32))
                             .min()
                     })
@@ -274,6 +292,27 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(host)
     }
+}
+
+/// `host:port` lower-cased with a trailing dot of the name removed, when a port is given.
+fn host_with_port(host: &str) -> Option<Cow<'_, str>> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        (&host[..=end], host[end + 1..].strip_prefix(':')?)
+    } else {
+        host.rsplit_once(':')?
+    };
+    if port.is_empty() {
+        return None;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let clean =
+        name.len() + 1 + port.len() == host.len() && !host.bytes().any(|b| b.is_ascii_uppercase());
+    Some(if clean {
+        Cow::Borrowed(host)
+    } else {
+        Cow::Owned(format!("{}:{port}", name.to_ascii_lowercase()))
+    })
 }
 
 /// Whether the query string has `key=value` (percent-decoded, `+` as space).

@@ -64,10 +64,21 @@ impl PathMatch {
     }
 }
 
-/// A host condition: `api.example.com` or `*.example.com`.
+/// Whether `h` (lower-case, as stored) ends in `:port`; `[v6]` alone has none.
+fn has_port(h: &str) -> bool {
+    h.rsplit_once(':').is_some_and(|(name, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && !name.is_empty()
+            && (name.ends_with(']') || !name.contains(':'))
+    })
+}
+
+/// A host condition: `api.example.com`, `api.example.com:8443` (that port only) or
+/// `*.example.com`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
-    /// Exactly this host (lowercase, no port).
+    /// Exactly this host (lowercase; with `:port` when the route names one).
     Exact(String),
     /// Any host ending in `.` + this suffix (stored without the `*.`).
     Wildcard(String),
@@ -88,7 +99,33 @@ impl HostMatch {
                 "invalid host `{s}`: use `name.example.com` or `*.example.com`"
             ));
         }
+        // `name:port` matches only requests that name that port; IPv6 literals are bracketed.
+        if !s.ends_with(']')
+            && let Some((name, port)) = s.rsplit_once(':')
+        {
+            let name = name.trim_end_matches('.');
+            if name.is_empty() || port.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!(
+                    "invalid host `{s}`: a port after `:` must be a number up to 65535"
+                ));
+            }
+            return Ok(HostMatch::Exact(format!("{name}:{port}")));
+        }
         Ok(HostMatch::Exact(s))
+    }
+
+    /// Whether this names a port (`name:port`).
+    pub fn has_port(&self) -> bool {
+        matches!(self, HostMatch::Exact(h) if has_port(h))
+    }
+
+    /// Whether a request host matches: `host` without its port, `with_port` as sent (both
+    /// lower-case), for hosts that name a port.
+    pub(crate) fn matches_request(&self, host: &str, with_port: Option<&str>) -> bool {
+        match self {
+            HostMatch::Exact(h) if has_port(h) => with_port == Some(h.as_str()),
+            _ => self.matches(host),
+        }
     }
 
     pub(crate) fn matches(&self, host: &str) -> bool {
@@ -116,7 +153,9 @@ impl HostMatch {
     /// (class, specificity): exact beats wildcard, a longer wildcard suffix beats a shorter.
     pub(crate) fn rank(&self) -> (u8, u32) {
         match self {
-            HostMatch::Exact(_) => (0, 0),
+            // A host that names the port is more specific than the same host without one.
+            HostMatch::Exact(h) if has_port(h) => (0, 0),
+            HostMatch::Exact(_) => (0, 1),
             HostMatch::Wildcard(s) => (1, u32::MAX - s.len() as u32),
         }
     }

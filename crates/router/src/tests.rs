@@ -114,6 +114,29 @@ fn hosts_exact_beats_wildcard_beats_none() {
 }
 
 #[test]
+fn a_host_with_a_port_routes_like_the_host_unless_a_route_names_the_port() {
+    let mut plain = spec(prefix("/"));
+    plain.hosts = vec![HostMatch::parse("api.example.com").unwrap()];
+    let mut ported = spec(prefix("/"));
+    ported.hosts = vec![HostMatch::parse("API.example.com.:8443").unwrap()];
+    let mut rx = spec(PathMatch::Regex(regex::Regex::new("^/r$").unwrap()));
+    rx.hosts = vec![HostMatch::parse("api.example.com:9000").unwrap()];
+    let r = Router::new(vec![(plain, "plain"), (ported, "ported")]);
+    assert_eq!(get(&r, Some("api.example.com"), "/x"), Some("plain"));
+    assert_eq!(get(&r, Some("api.example.com:80"), "/x"), Some("plain"));
+    assert_eq!(get(&r, Some("api.example.com:8443"), "/x"), Some("ported"));
+    assert_eq!(get(&r, Some("API.Example.com.:8443"), "/x"), Some("ported"));
+    let r = Router::new(vec![(rx, "regex")]);
+    assert_eq!(get(&r, Some("api.example.com:9000"), "/r"), Some("regex"));
+    assert_eq!(get(&r, Some("api.example.com:9001"), "/r"), None);
+    assert_eq!(get(&r, Some("api.example.com"), "/r"), None);
+    assert!(HostMatch::parse("api.example.com:http").is_err());
+    assert!(HostMatch::parse("api.example.com:70000").is_err());
+    assert!(!HostMatch::parse("[::1]").unwrap().has_port());
+    assert!(HostMatch::parse("[::1]:8080").unwrap().has_port());
+}
+
+#[test]
 fn path_specificity_comes_before_host() {
     let mut h = spec(prefix("/"));
     h.hosts = vec![HostMatch::parse("api.example.com").unwrap()];
