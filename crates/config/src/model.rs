@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
-use portcullis_router::RouteSpec;
+use portcullis_router::{PathPolicy, RouteSpec};
 use regex::Regex;
 use serde_json::Value;
 
@@ -104,6 +104,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Concurrent connections, unlimited when `None`.
     pub max_connections: Option<usize>,
+    /// Concurrent connections from one client address, unlimited when `None`.
+    pub max_connections_per_ip: Option<usize>,
+    /// How request paths are normalised.
+    pub path: PathPolicy,
 }
 
 impl Default for Limits {
@@ -114,6 +118,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
+            max_connections_per_ip: None,
+            path: PathPolicy::default(),
         }
     }
 }

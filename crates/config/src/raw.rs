@@ -110,6 +110,27 @@ pub struct RawLimits {
     /// Concurrent connections accepted; further ones wait in the kernel backlog.
     #[serde(default)]
     pub max_connections: Option<u64>,
+    /// Concurrent connections from one client address; 0 or absent: no cap.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u64>,
+    /// How request paths are normalised before routing, plugins and forwarding.
+    #[serde(default)]
+    pub path: Option<RawPathLimits>,
+}
+
+/// Path normalisation of a listener.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathLimits {
+    /// Merge repeated slashes (`//a///b` -> `/a/b`).
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
+    /// `resolve` (RFC 3986; above the root is refused) or `reject`.
+    #[serde(default)]
+    pub dot_segments: Option<String>,
+    /// `%2F`/`%5C` in a path: `reject`, `keep` or `decode`.
+    #[serde(default)]
+    pub escaped_slashes: Option<String>,
 }
 
 /// The admin API listener.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
-use portcullis_router::{HostMatch, PathMatch, RouteSpec, Template};
+use portcullis_router::{
+    DotSegments, EscapedSlashes, HostMatch, PathMatch, PathPolicy, RouteSpec, Template,
+};
 use regex::Regex;
 use serde_json::Value;
 
@@ -319,6 +321,44 @@ impl<'a> Validator<'a> {
                 d.idle_timeout,
             ),
             max_connections: r.max_connections.map(|v| v as usize).filter(|&v| v > 0),
+            max_connections_per_ip: r
+                .max_connections_per_ip
+                .map(|v| v as usize)
+                .filter(|&v| v > 0),
+            path: self.path_policy(&format!("{lp}.path"), r.path.as_ref()),
+        }
+    }
+
+    fn path_policy(&mut self, p: &str, raw: Option<&RawPathLimits>) -> PathPolicy {
+        let d = PathPolicy::default();
+        let Some(r) = raw else { return d };
+        let dot_segments = match r.dot_segments.as_deref() {
+            None | Some("resolve") => DotSegments::Resolve,
+            Some("reject") => DotSegments::Reject,
+            Some(other) => {
+                self.err(
+                    format!("{p}.dot_segments"),
+                    format!("unknown value `{other}`: use resolve or reject"),
+                );
+                d.dot_segments
+            }
+        };
+        let escaped_slashes = match r.escaped_slashes.as_deref() {
+            None | Some("reject") => EscapedSlashes::Reject,
+            Some("keep") => EscapedSlashes::Keep,
+            Some("decode") => EscapedSlashes::Decode,
+            Some(other) => {
+                self.err(
+                    format!("{p}.escaped_slashes"),
+                    format!("unknown value `{other}`: use reject, keep or decode"),
+                );
+                d.escaped_slashes
+            }
+        };
+        PathPolicy {
+            merge_slashes: r.merge_slashes.unwrap_or(d.merge_slashes),
+            dot_segments,
+            escaped_slashes,
         }
     }
 

@@ -37,7 +37,14 @@ pub struct FramingWatch {
     pub ambiguous: u64,
     /// The connection left HTTP/1.1 (h2c preface or an upgrade): its bytes are another protocol.
     pub switched: bool,
+    /// The first bytes of the last request line, for the access-log line of a head the parser
+    /// refuses (the request never reaches the pipeline). Inline: no allocation per request.
+    line: [u8; LINE_KEPT],
+    line_len: u8,
 }
+
+/// How much of a request line is kept.
+const LINE_KEPT: usize = 96;
 
 impl FramingWatch {
     /// A watcher that gives up on heads longer than `max_head` bytes.
@@ -50,6 +57,8 @@ impl FramingWatch {
             pending: Pending::default(),
             ambiguous: 0,
             switched: false,
+            line: [0; LINE_KEPT],
+            line_len: 0,
         }
     }
 
@@ -146,6 +155,9 @@ impl FramingWatch {
                 started: true,
                 ..Pending::default()
             };
+            let n = line.len().min(LINE_KEPT);
+            self.line[..n].copy_from_slice(&line[..n]);
+            self.line_len = n as u8;
             if line.starts_with(b"PRI * HTTP/2") {
                 self.state = State::Off;
                 self.switched = true;
@@ -170,6 +182,17 @@ impl FramingWatch {
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.pending.upgrade = true;
         }
+    }
+
+    /// Method and request target of the last request line seen, when it was read whole enough
+    /// to show them (a target cut at the kept length is not returned).
+    pub fn request_line(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        let line = &self.line[..self.line_len as usize];
+        let mut parts = line.splitn(3, |b| *b == b' ');
+        let method = parts.next().filter(|m| !m.is_empty());
+        let target = parts.next();
+        let whole = parts.next().is_some();
+        (method, target.filter(|t| whole && !t.is_empty()))
     }
 
     fn end_head(&mut self) {
@@ -269,6 +292,17 @@ mod tests {
             assert_eq!(w.ambiguous, 0, "cut at {cut}");
             assert_eq!(w.heads, 2, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn the_last_request_line_is_kept() {
+        let w = feed_all(&[b"GET /a HTTP/1.1\r\n\r\nPOST /b?x=1 HTTP/1.1\r\nBad header\r\n"]);
+        assert_eq!(w.request_line(), (Some(&b"POST"[..]), Some(&b"/b?x=1"[..])));
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 200));
+        long.extend_from_slice(b" HTTP/1.1\r\n");
+        let w = feed_all(&[&long]);
+        assert_eq!(w.request_line(), (Some(&b"GET"[..]), None));
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub tls_failures: IntCounterVec,
     /// HTTP/1.1 request heads the parser refused before routing, by listener and status.
     pub refused_heads: IntCounterVec,
+    /// Requests refused at the edge before routing (path, Host), by listener and reason.
+    pub refused_requests: IntCounterVec,
+    /// Connections closed at accept, by listener and reason.
+    pub refused_connections: IntCounterVec,
 }
 
 /// Method label values; anything else is `OTHER`, so the label stays bounded.
@@ -211,6 +215,18 @@ impl Metrics {
             "HTTP/1.1 request heads refused by the parser before routing (malformed, differing Content-Length, too large), by listener and status.",
             &["listener", "status"],
         );
+        let refused_requests = counter_vec(
+            &registry,
+            "portcullis_requests_refused_total",
+            "Requests refused with 400 before routing because of their path or Host, by listener and reason.",
+            &["listener", "reason"],
+        );
+        let refused_connections = counter_vec(
+            &registry,
+            "portcullis_connections_refused_total",
+            "Client connections closed when accepted (per-address cap), by listener and reason.",
+            &["listener", "reason"],
+        );
         Self {
             registry,
             requests,
@@ -226,6 +242,8 @@ impl Metrics {
             open_connections,
             tls_failures,
             refused_heads,
+            refused_requests,
+            refused_connections,
         }
     }
 

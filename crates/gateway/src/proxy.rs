@@ -23,6 +23,9 @@ use crate::snapshot::{RouteAction, RouteRuntime, Snapshot};
 use crate::state::ConnInfo;
 use crate::telemetry::{ObservedBody, Record};
 
+mod edge;
+use edge::check_request;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -115,13 +118,33 @@ async fn serve(
         rec.error = Some(e.code);
         return (render(&e, &rid), None);
     }
+    // Host rules, then the one normalised path that routing, plugins and the upstream see.
+    let host = match edge::host(&mut parts)
+        .and_then(|h| edge::normalize(&mut parts, &limits.path).map(|()| h))
+    {
+        Ok(h) => h,
+        Err(r) => {
+            conn.shared
+                .metrics
+                .refused_requests
+                .with_label_values(&[&conn.listener.name, r.reason])
+                .inc();
+            debug!(
+                request_id = rid.to_str().unwrap_or(""),
+                listener = %conn.listener.name,
+                reason = r.reason,
+                "request refused at the edge"
+            );
+            rec.error = Some(r.reason);
+            return (render(&r.error, &rid), None);
+        }
+    };
     let client_ip = client_ip(
         conn.peer.ip(),
         &parts.headers,
         &conn.listener.trusted_proxies,
     );
     rec.client = client_ip;
-    let host = request_host(&parts);
     rec.host = host.clone();
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let hit = snap.router.lookup(&portcullis_router::Request {
@@ -477,54 +500,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-/// Rejects what must never be forwarded: ambiguous framing, oversized heads and bodies.
-fn check_request(
-    parts: &http::request::Parts,
-    max_header_bytes: usize,
-    max_body_bytes: u64,
-) -> Result<(), GatewayError> {
-    let h = &parts.headers;
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(GatewayError::bad_request(
-            "both Content-Length and Transfer-Encoding: ambiguous framing is refused",
-        ));
-    }
-    let mut cl_values = h.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = cl_values.next() {
-        if cl_values.any(|v| v != first) {
-            return Err(GatewayError::bad_request(
-                "differing Content-Length headers",
-            ));
-        }
-        let len = first
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| GatewayError::bad_request("invalid Content-Length"))?;
-        if len > max_body_bytes {
-            return Err(GatewayError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body larger than {max_body_bytes} bytes"),
-            ));
-        }
-    }
-    let uri_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + parts.uri.authority().map_or(0, |a| a.as_str().len());
-    let mut size = parts.method.as_str().len() + uri_len + 12;
-    for (n, v) in h {
-        size += n.as_str().len() + v.len() + 4;
-    }
-    if size > max_header_bytes {
-        return Err(GatewayError::new(
-            StatusCode::from_u16(431).unwrap_or(StatusCode::BAD_REQUEST),
-            "headers_too_large",
-            format!("request headers larger than {max_header_bytes} bytes"),
-        ));
-    }
-    Ok(())
-}
-
 /// Keeps a sane client `X-Request-ID` (1-128 of `[A-Za-z0-9._:/+=-]`), else makes one.
 fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID) {
@@ -549,17 +524,6 @@ pub(crate) fn new_request_id() -> HeaderValue {
         *o = HEX[((r >> (i * 4)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// The Host the client asked for: `Host` header, else the URI authority (HTTP/2).
-fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    }
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 
 use crate::errors::GatewayError;
 use crate::framing::FramingWatch;
@@ -41,13 +41,39 @@ struct Gate {
     open: std::sync::atomic::AtomicUsize,
     /// Woken when a connection ends or a reload may have changed the limit.
     changed: Notify,
+    /// Open connections by client address, kept while `max_connections_per_ip` is set. Touched
+    /// once per accepted and once per closed connection, never per request.
+    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Holds one of a listener's connection slots; frees it on drop.
-struct Slot(Arc<Gate>);
+impl Gate {
+    /// Takes a per-address slot for `ip` unless it already holds `cap` connections.
+    fn admit(&self, ip: IpAddr, cap: usize) -> bool {
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
+/// Holds one of a listener's connection slots (and its client's, when counted); frees them on
+/// drop.
+struct Slot(Arc<Gate>, Option<IpAddr>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(ip) = self.1 {
+            let mut m = self.0.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.changed.notify_one();
     }
@@ -173,6 +199,10 @@ async fn accept_loop(
 ) {
     let accepted = shared.metrics.connections.with_label_values(&[&name]);
     let open = shared.metrics.open_gauge(&name);
+    let refused_per_ip = shared
+        .metrics
+        .refused_connections
+        .with_label_values(&[&name, "per_ip_limit"]);
     loop {
         // At the connection limit, stop accepting: new clients wait in the kernel backlog.
         // The limit is read from the current snapshot, so a reload moves it.
@@ -207,8 +237,19 @@ async fn accept_loop(
             return;
         };
         accepted.inc();
+        // One address may not hold more than its share: closed before TLS or any read.
+        let counted = match rt.limits.max_connections_per_ip {
+            Some(cap) if !gate.admit(peer.ip(), cap) => {
+                refused_per_ip.inc();
+                debug!(listener = %name, %peer, cap, "connection over the per-address cap refused");
+                drop(stream);
+                continue;
+            }
+            Some(_) => Some(peer.ip()),
+            None => None,
+        };
         gate.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(gate.clone());
+        let slot = Slot(gate.clone(), counted);
         let shared = shared.clone();
         let open = open.clone();
         let task = async move {
@@ -450,8 +491,26 @@ impl Counted {
                 .refused_heads
                 .with_label_values(&[&self.info.listener.name, err.status.as_str()])
                 .inc();
+            let bytes = crate::errors::render_http1(&err, rid, &extra);
+            let line = self
+                .framing
+                .as_ref()
+                .map_or((None, None), FramingWatch::request_line);
+            let rec = crate::telemetry::Record::refused_head(
+                self.info.listener.name.clone(),
+                self.info.peer.ip(),
+                line,
+                HeaderValue::from_str(rid).unwrap_or_else(|_| HeaderValue::from_static("0")),
+                err.status.as_u16(),
+                err.code,
+            );
+            crate::telemetry::log_unrouted(
+                &rec,
+                bytes.len() as u64,
+                &self.info.shared.snapshot.load(),
+            );
             self.rewrite = Some(Box::new(Rewrite {
-                bytes: crate::errors::render_http1(&err, rid, &extra),
+                bytes,
                 written: 0,
                 consumed,
             }));

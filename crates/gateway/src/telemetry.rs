@@ -70,6 +70,60 @@ pub struct Record {
     pub spans: Vec<crate::otel::SpanData>,
 }
 
+impl Record {
+    /// The record of a request head the HTTP/1.1 parser refused: it never reached the
+    /// pipeline, so only what the raw request line showed is known. An unreadable method is
+    /// `-` (as nginx logs it) and an unreadable target `*`.
+    pub fn refused_head(
+        listener: Arc<str>,
+        client: IpAddr,
+        request_line: (Option<&[u8]>, Option<&[u8]>),
+        request_id: HeaderValue,
+        status: u16,
+        error: &'static str,
+    ) -> Self {
+        let method = request_line
+            .0
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
+        let uri = request_line
+            .1
+            .and_then(|t| Uri::try_from(t).ok())
+            .unwrap_or_else(|| Uri::from_static("*"));
+        Record {
+            start: Instant::now(),
+            request_id: Some(request_id),
+            method,
+            host: None,
+            uri,
+            version: Version::HTTP_11,
+            client,
+            listener,
+            route: None,
+            upstream: None,
+            leg: 0,
+            target: None,
+            attempts: 0,
+            error: Some(error),
+            consumer: None,
+            status,
+            bytes_in: 0,
+            bytes_in_counter: None,
+            upstream_time: None,
+            trace: None,
+            trace_ctx: None,
+            spans: Vec::new(),
+        }
+    }
+}
+
+/// Writes the access-log line of a request that was answered without the pipeline.
+pub fn log_unrouted(rec: &Record, bytes_out: u64, snap: &Snapshot) {
+    if let Some(log) = &snap.access_log {
+        log.log(rec, bytes_out, rec.start.elapsed(), snap);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body that closes the request's record when it ends (or is dropped).
     pub struct ObservedBody {

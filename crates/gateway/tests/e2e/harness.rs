@@ -589,3 +589,60 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a raw connection, up to
+/// 10 s; returns what arrived as text.
+pub fn read_response(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Writes `bytes` on a new connection to `addr` and reads one response.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    read_response(&mut s)
+}
+
+/// Asserts a raw response is the contract's JSON error with `status` and `code`.
+pub fn assert_json_error(resp: &str, status: &str, code: &str) {
+    assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp}");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{resp}"
+    );
+    let rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {resp}"));
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["error"]["code"], code, "{resp}");
+    assert_eq!(v["error"]["status"].to_string(), status, "{resp}");
+    assert_eq!(v["error"]["request_id"], rid, "{resp}");
+}

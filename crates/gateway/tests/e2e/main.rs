@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod edge;
 mod proxying;
 mod resilience;
 mod routing;

@@ -1,8 +1,7 @@
 //! What the gateway adds, removes and rewrites on the way through; framing and size checks.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -150,33 +149,6 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body from a raw socket.
-fn read_response(s: &mut TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = s.read(&mut chunk).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let head = text[..end].to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_refused_and_never_forwarded() {
     let up = echo_upstream("echo").await;
@@ -220,25 +192,6 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
         1,
         "only the clean request reached the upstream"
     );
-}
-
-/// Asserts a raw response is the contract's JSON error with `status` and `code`.
-fn assert_json_error(resp: &str, status: &str, code: &str) {
-    assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp}");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("a head");
-    let head = head.to_ascii_lowercase();
-    assert!(
-        head.contains("\r\ncontent-type: application/json"),
-        "{resp}"
-    );
-    let rid = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap_or_else(|| panic!("no x-request-id: {resp}"));
-    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
-    assert_eq!(v["error"]["code"], code, "{resp}");
-    assert_eq!(v["error"]["status"].to_string(), status, "{resp}");
-    assert_eq!(v["error"]["request_id"], rid, "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
