@@ -1,0 +1,22 @@
+//! The YAML reader with positions (saphyr events to JSON plus a source map): never panics, and
+//! every position it reports for a key lies inside the text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use portcullis_config::source;
+
+fuzz_target!(|text: &str| {
+    let env = |k: &str| (k == "SET").then(|| "value".to_owned());
+    let Ok((value, map)) = source::parse(text, &env) else {
+        return;
+    };
+    let lines = text.lines().count().max(1) + 1;
+    if let Some(obj) = value.as_object() {
+        for key in obj.keys() {
+            if let Some(pos) = map.locate(key) {
+                assert!(pos.line >= 1 && pos.line <= lines, "{key}: {pos:?}");
+            }
+        }
+    }
+    let _ = map.locate("routes[0].match.path_prefix");
+});
