@@ -75,6 +75,7 @@ mod error;
 pub mod health;
 mod pool;
 pub mod retry;
+pub mod service;
 mod stats;
 mod upload;
 mod upstream;
@@ -89,6 +90,10 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
 pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
+pub use service::{
+    CallOptions, Client, ClientBuilder, ClientStats, OriginStats, Redirect, Redirects,
+    RequestBuilder, Response,
+};
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
     AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,
