@@ -218,8 +218,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Name servers and caching of the resolver (the system's by default). Its timeout is the
-    /// connect timeout's.
+    /// Name servers and caching of the resolver (the system's by default). Its timeout is
+    /// capped by the connect timeout, which DNS is part of.
     pub fn dns(mut self, cfg: DnsConfig) -> Self {
         self.s.dns = cfg;
         self
@@ -265,7 +265,9 @@ impl ClientBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let s = self.s;
+        let mut s = self.s;
+        // Name resolution is part of connecting: never longer than the connect timeout.
+        s.dns.timeout = s.dns.timeout.min(s.timeouts.connect);
         let t = &s.timeouts;
         for (name, d) in [
             ("connect", t.connect),
