@@ -7,6 +7,7 @@ mod cancel;
 mod isolation;
 mod observability;
 mod redirects;
+mod stale;
 mod support;
 mod timeouts;
 mod tls;
