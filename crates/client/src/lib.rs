@@ -62,6 +62,25 @@
 //! ```
 //!
 //! `examples/resilient_get.rs` is a runnable program using it standalone.
+//!
+//! ## As the HTTP client of a service
+//!
+//! [`Client`] takes URLs instead of fixed targets: every origin (scheme, host, port) gets an
+//! upstream of its own on first use — pool, breaker, retry budget, passive health, DNS entry —
+//! dropped when idle. Redirects are followed safely, every try carries a W3C `traceparent`,
+//! and [`Client::stats`] reads the counters of each origin. See `docs/client.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), portcullis_client::Error> {
+//! let client = portcullis_client::Client::builder().build()?;
+//! let resp = client
+//!     .get("https://api.example.com/v1/users/7")
+//!     .header("accept", "application/json")
+//!     .send()
+//!     .await?;
+//! let body = resp.bytes().await?;
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 
