@@ -463,8 +463,9 @@ where
         &self.inner.stats
     }
 
-    /// A `Dns` error when there is no target because no name resolved.
-    fn dns_failure(&self) -> Option<Error> {
+    /// A `Dns` error when there is no target because no name resolved (the gateway keeps
+    /// answering `NoHealthyTarget` there, for its fallback; the service client says why).
+    pub(crate) fn dns_failure(&self) -> Option<Error> {
         if !self.inner.set.load().targets.is_empty() {
             return None;
         }
@@ -475,6 +476,11 @@ where
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
         Some(Error::new(ErrorKind::Dns).with_source(msg))
+    }
+
+    /// Whether the first DNS answer is in (always, without names).
+    pub(crate) fn resolved(&self) -> bool {
+        self.inner.resolved_flag.load(Ordering::Acquire)
     }
 
     /// Picks a usable target, avoiding `avoid` when another is usable.
@@ -534,12 +540,13 @@ where
             let started = Instant::now();
             let mut rx = inner.resolved.subscribe();
             let _ = tokio::time::timeout(connect, rx.wait_for(|r| *r)).await;
-            connect = connect.saturating_sub(started.elapsed());
-            if !inner.resolved_flag.load(Ordering::Acquire) || connect.is_zero() {
-                return Err(Error::new(ErrorKind::ConnectTimeout)
-                    .with_timeout(inner.cfg.timeouts.connect)
-                    .with_source("no DNS answer in time"));
+            if inner.resolved_flag.load(Ordering::Acquire) {
+                connect = connect
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
             }
+            // Still no answer: the static targets (if any) are tried with a whole connect
+            // timeout; with none, the pick fails with `NoHealthyTarget`.
         }
         let policy = inner.cfg.retry.as_ref();
         if let Some(b) = &inner.budget {
@@ -564,9 +571,6 @@ where
             let target = match self.pick(key, &tried) {
                 Ok(t) => t,
                 Err(kind) => {
-                    if let Some(e) = self.dns_failure() {
-                        return Err(e.with_attempts(attempt - 1));
-                    }
                     inner.stats.record_unavailable(kind);
                     return Err(Error::new(kind).with_attempts(attempt - 1));
                 }

@@ -482,6 +482,17 @@ fn origin_of(uri: &Uri) -> Result<(bool, &str, u16), Error> {
 }
 
 fn fail(origin: &Origin, e: Error) -> Error {
+    // No address because the name did not resolve: say so, with the resolver's reason.
+    let e = match e.kind() {
+        ErrorKind::NoHealthyTarget => match origin.upstream.dns_failure() {
+            Some(dns) => dns.with_attempts(e.attempts()),
+            None if !origin.upstream.resolved() => Error::new(ErrorKind::ConnectTimeout)
+                .with_timeout(origin.upstream.config().timeouts.connect)
+                .with_source("no DNS answer within the connect timeout"),
+            None => e,
+        },
+        _ => e,
+    };
     origin.counters.record_failure(e.kind());
     e.with_origin(origin.name.clone())
 }
