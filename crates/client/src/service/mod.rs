@@ -15,6 +15,7 @@ mod origin;
 mod redirect;
 mod request;
 mod response;
+mod setup;
 mod stats;
 mod trace;
 
