@@ -286,9 +286,34 @@ impl<'a> Validator<'a> {
                 TlsVersion::Tls12
             }
         };
+        let client_auth = t.client_auth.as_ref().map(|c| {
+            let field = format!("{p}.tls.client_auth");
+            let mode = match c.mode.as_deref() {
+                None | Some("require") => ClientAuthMode::Require,
+                Some("optional") => ClientAuthMode::Optional,
+                Some(m) => {
+                    self.err(
+                        format!("{field}.mode"),
+                        format!("unknown mode `{m}`: use `require` or `optional`"),
+                    );
+                    ClientAuthMode::Require
+                }
+            };
+            ClientAuth {
+                ca: self.file(&format!("{field}.ca"), &c.ca),
+                mode,
+                crl: c
+                    .crl
+                    .as_ref()
+                    .map(|f| self.file(&format!("{field}.crl"), f)),
+                field,
+            }
+        });
         ListenerTls {
             certificates,
             min_version,
+            client_auth,
+            session_tickets: t.session_tickets.unwrap_or(true),
         }
     }
 

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod builtin;
+pub mod client_cert;
 pub mod cors;
 mod ctx;
 pub mod ip_restriction;
@@ -33,6 +34,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use client_cert::ClientIdentity;
 pub use ctx::RequestCtx;
 pub use reply::Reply;
 
@@ -92,6 +94,13 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Response head on its way to the client (also for responses the gateway made).
     fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut http::response::Parts) {}
+
+    /// Request headers this plugin fills from verified data (identity headers). The gateway
+    /// removes client-sent copies of them on every route, whether or not this plugin runs
+    /// there, so no client can choose their value.
+    fn reserved_headers(&self) -> &[http::HeaderName] {
+        &[]
+    }
 }
 
 impl std::fmt::Debug for dyn Plugin {
@@ -164,7 +173,8 @@ pub struct PluginSpec {
 }
 
 /// Every plugin the gateway knows, by config name. Order of execution is by priority (higher
-/// first), as in Kong: IP rules, then CORS preflights, then authentication, then rate limits.
+/// first), as in Kong: IP rules, then CORS preflights, then authentication (client certificates
+/// first), then rate limits.
 pub static REGISTRY: &[PluginSpec] = &[
     PluginSpec {
         name: "ip_restriction",
@@ -175,6 +185,11 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "cors",
         priority: 2000,
         build: cors::build,
+    },
+    PluginSpec {
+        name: "client_cert",
+        priority: 1600,
+        build: client_cert::build,
     },
     PluginSpec {
         name: "jwt",
