@@ -530,6 +530,7 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "attempts",
     "error",
     "consumer",
+    "client_cert",
     "listener",
 ];
 
