@@ -383,6 +383,31 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `openssl s_client -connect <addr>` with `args`, its stdin closed at once (so it
+/// handshakes, reads what the server sends, and quits). Returns the exit code and stdout and
+/// stderr together (the session summary, `New`/`Reused`, alerts).
+pub fn s_client(addr: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Replaces `path` by writing a temporary file beside it and renaming it over (what
+/// deployment tools and Kubernetes do), so a reader never sees half a file.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over");
+}
+
 /// A running in-process upstream server.
 pub struct Upstream {
     /// Its address.

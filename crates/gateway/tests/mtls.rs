@@ -1,0 +1,705 @@
+//! End-to-end mutual TLS: client certificates verified at the handshake (`require` and
+//! `optional`, CA bundle, CRL) with the TLS alert and the counted reason of each refusal; the
+//! `client_cert` plugin (401, 403 on subject or URI SAN, identity headers at the upstream,
+//! spoofed copies removed on every route, the consumer for rate limits and the access log);
+//! session resumption (TLS 1.3 tickets, TLS 1.2 tickets and session IDs; on by default, off
+//! with `session_tickets: false`); TLS files swapped in when they change on disk. Every
+//! certificate and the CRL are made here with rcgen; the clients are curl, `openssl s_client`
+//! and a rustls client, over HTTP/1.1 and HTTP/2.
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber, date_time_ymd,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The name the gateway's server certificate is for; curl resolves it to the listener.
+const HOST: &str = "mtls.example.test";
+/// Serial number of the client certificate the CRL revokes.
+const REVOKED_SERIAL: u64 = 666;
+
+/// A test certificate authority.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+/// What a leaf certificate says.
+#[derive(Default)]
+struct Spec<'a> {
+    cn: Option<&'a str>,
+    org: Option<&'a str>,
+    uris: &'a [&'a str],
+    dns: &'a [&'a str],
+    serial: u64,
+    expired: bool,
+    server: bool,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("CA cert");
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, s: Spec<'_>) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let dns: Vec<String> = s.dns.iter().map(|d| (*d).to_owned()).collect();
+        let mut params = CertificateParams::new(dns).expect("leaf params");
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(o) = s.org {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        if let Some(cn) = s.cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        for u in s.uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*u).try_into().expect("URI SAN")));
+        }
+        params.extended_key_usages = vec![if s.server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from(s.serial));
+        if s.expired {
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2021, 1, 1);
+        } else {
+            params.not_before = date_time_ymd(2024, 1, 1);
+            params.not_after = date_time_ymd(2090, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A PEM CRL revoking `serials`.
+    fn crl(&self, number: u64, serials: &[u64]) -> String {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: date_time_ymd(2024, 6, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("CRL")
+        .pem()
+        .expect("CRL PEM")
+    }
+}
+
+/// Every certificate the tests use.
+struct Pki {
+    server_ca: Ca,
+    clients: Ca,
+    other: Ca,
+    server: Leaf,
+    /// Client certificates by file name: `acme` (CN acme-1, O Acme, SPIFFE
+    /// partner/acme), `globex` (CN globex-1, SPIFFE partner/globex), `ops` (CN acme-ops,
+    /// SPIFFE ops/b), `nocn` (no CN, SPIFFE partner/nocn), `expired`, `revoked` (on the CRL),
+    /// `foreign` (CN acme-2, signed by the other CA).
+    clients_certs: Vec<(&'static str, Leaf)>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let server_ca = Ca::new("Portcullis Test Server CA");
+        let clients = Ca::new("Portcullis Test Clients CA");
+        let other = Ca::new("Some Other CA");
+        let server = server_ca.leaf(Spec {
+            cn: Some(HOST),
+            dns: &[HOST],
+            serial: 1,
+            server: true,
+            ..Spec::default()
+        });
+        let clients_certs = vec![
+            (
+                "acme",
+                clients.leaf(Spec {
+                    cn: Some("acme-1"),
+                    org: Some("Acme"),
+                    uris: &["spiffe://example.org/partner/acme"],
+                    serial: 10,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "globex",
+                clients.leaf(Spec {
+                    cn: Some("globex-1"),
+                    uris: &["spiffe://example.org/partner/globex"],
+                    serial: 11,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "ops",
+                clients.leaf(Spec {
+                    cn: Some("acme-ops"),
+                    uris: &["spiffe://example.org/ops/b"],
+                    serial: 12,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "nocn",
+                clients.leaf(Spec {
+                    uris: &["spiffe://example.org/partner/nocn"],
+                    serial: 13,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "expired",
+                clients.leaf(Spec {
+                    cn: Some("acme-old"),
+                    serial: 14,
+                    expired: true,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "revoked",
+                clients.leaf(Spec {
+                    cn: Some("acme-revoked"),
+                    serial: REVOKED_SERIAL,
+                    ..Spec::default()
+                }),
+            ),
+            (
+                "foreign",
+                other.leaf(Spec {
+                    cn: Some("acme-2"),
+                    uris: &["spiffe://example.org/partner/acme2"],
+                    serial: 15,
+                    ..Spec::default()
+                }),
+            ),
+        ];
+        Pki {
+            server_ca,
+            clients,
+            other,
+            server,
+            clients_certs,
+        }
+    }
+
+    fn client(&self, name: &str) -> &Leaf {
+        &self
+            .clients_certs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no client certificate {name}"))
+            .1
+    }
+
+    /// Writes `server.crt`/`.key`, `server-ca.pem`, `clients-ca.pem`, `other-ca.pem`,
+    /// `clients.crl` (revoking `revoked`) and `<name>.crt`/`.key` of every client.
+    fn write(&self, dir: &Path) {
+        let w = |name: &str, s: &str| std::fs::write(dir.join(name), s).expect("write PEM");
+        w("server.crt", &self.server.cert);
+        w("server.key", &self.server.key);
+        w("server-ca.pem", &self.server_ca.pem);
+        w("clients-ca.pem", &self.clients.pem);
+        w("other-ca.pem", &self.other.pem);
+        w("clients.crl", &self.clients.crl(1, &[REVOKED_SERIAL]));
+        for (name, leaf) in &self.clients_certs {
+            w(&format!("{name}.crt"), &leaf.cert);
+            w(&format!("{name}.key"), &leaf.key);
+        }
+    }
+}
+
+/// What curl got: exit code, status (0 without an answer), HTTP version, body, stderr.
+#[derive(Debug)]
+struct Got {
+    code: i32,
+    status: u16,
+    version: String,
+    body: String,
+    err: String,
+}
+
+impl Got {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// curl to `path` on TLS listener `listener`, as client `who` (a certificate name of the Pki)
+/// or anonymously, with `extra` arguments (`--http1.1`, `--http2`, `-H ...`).
+fn call(gw: &Gateway, listener: &str, path: &str, who: Option<&str>, extra: &[&str]) -> Got {
+    let addr = gw.listeners[listener];
+    let dir = gw.dir.path();
+    let ca = dir.join("server-ca.pem");
+    let resolve = format!("{HOST}:{}:127.0.0.1", addr.port());
+    let url = format!("https://{HOST}:{}{path}", addr.port());
+    let cert = who.map(|w| dir.join(format!("{w}.crt")));
+    let key = who.map(|w| dir.join(format!("{w}.key")));
+    let mut args: Vec<&str> = vec![
+        "--cacert",
+        ca.to_str().expect("utf-8 path"),
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ];
+    if let (Some(c), Some(k)) = (&cert, &key) {
+        args.extend([
+            "--cert",
+            c.to_str().expect("utf-8"),
+            "--key",
+            k.to_str().expect("utf-8"),
+        ]);
+    }
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (code, out, err) = curl(&args);
+    let (body, tail) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let mut tail = tail.split(' ');
+    let status = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = tail.next().unwrap_or("").to_owned();
+    Got {
+        code,
+        status,
+        version,
+        body: body.to_owned(),
+        err,
+    }
+}
+
+/// `openssl s_client` to listener `listener` as `who`, trusting the server CA, with `extra`.
+fn s_client_as(gw: &Gateway, listener: &str, who: Option<&str>, extra: &[&str]) -> String {
+    let dir = gw.dir.path();
+    let ca = dir.join("server-ca.pem");
+    let cert = who.map(|w| dir.join(format!("{w}.crt")));
+    let key = who.map(|w| dir.join(format!("{w}.key")));
+    let mut args: Vec<&str> = vec!["-servername", HOST, "-CAfile", ca.to_str().expect("utf-8")];
+    if let (Some(c), Some(k)) = (&cert, &key) {
+        args.extend([
+            "-cert",
+            c.to_str().expect("utf-8"),
+            "-key",
+            k.to_str().expect("utf-8"),
+        ]);
+    }
+    args.extend_from_slice(extra);
+    s_client(gw.listeners[listener], &args).1
+}
+
+/// An upstream answering with the path, the HTTP version and every value of every header.
+async fn headers_upstream() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let mut headers = serde_json::Map::new();
+        for name in req.headers().keys() {
+            let values: Vec<serde_json::Value> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+                .collect();
+            headers.insert(name.as_str().to_owned(), values.into());
+        }
+        let out = serde_json::json!({
+            "path": req.uri().path(),
+            "headers": headers,
+        });
+        Response::new(Full::new(Bytes::from(out.to_string())))
+    })
+    .await
+}
+
+/// The config's TLS block for a listener: the server certificate and `extra` lines.
+fn tls_block(extra: &str) -> String {
+    format!("    tls:\n      certificates: [{{ cert: server.crt, key: server.key }}]\n{extra}")
+}
+
+/// The value of a metric series (sum over the labels not given); 0 when absent.
+async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&metrics_text(gw).await, name, labels).unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// require mode
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_mode_refuses_missing_unknown_expired_and_revoked_certificates() {
+    let pki = Pki::new();
+    let up = echo_upstream("echo").await;
+    let yaml = format!(
+        "listeners:\n  - name: strict\n    address: 127.0.0.1:0\n{}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: echo\n",
+        tls_block("      client_auth: { ca: clients-ca.pem, mode: require, crl: clients.crl }\n"),
+        up.address()
+    );
+    let gw = Gateway::start_with(&yaml, |d| pki.write(d));
+
+    for v in ["--http1.1", "--http2"] {
+        // A valid certificate: the request goes through.
+        let got = call(&gw, "strict", "/ok", Some("acme"), &[v]);
+        assert_eq!((got.code, got.status), (0, 200), "{v}: {got:?}");
+        assert_eq!(got.version, if v == "--http2" { "2" } else { "1.1" });
+        assert_eq!(got.json()["path"], "/ok");
+        // No certificate, another CA, expired, revoked: no handshake, no request.
+        for who in [None, Some("foreign"), Some("expired"), Some("revoked")] {
+            let got = call(&gw, "strict", "/refused", who, &[v]);
+            assert_ne!(got.code, 0, "{v} {who:?} was admitted: {got:?}");
+            assert_eq!(got.status, 0, "{v} {who:?}: {got:?}");
+        }
+    }
+
+    // The client hears why, in the TLS alert (TLS 1.2: the alert ends the client's handshake).
+    for (who, alert) in [
+        (None, "certificate required"),
+        (Some("foreign"), "unknown ca"),
+        (Some("expired"), "certificate expired"),
+        (Some("revoked"), "certificate revoked"),
+    ] {
+        let out = s_client_as(&gw, "strict", who, &["-tls1_2"]);
+        assert!(out.contains(alert), "{who:?}: want alert `{alert}`:\n{out}");
+    }
+    // TLS 1.3 without a certificate: `certificate required`. The client's side of the
+    // handshake is over before the server reads its (empty) certificate, so s_client must
+    // keep reading (`-ign_eof`) to hear the alert; the server closes right after it.
+    let out = s_client_as(&gw, "strict", None, &["-tls1_3", "-ign_eof"]);
+    assert!(out.contains("certificate required"), "{out}");
+
+    // Each refusal is counted under its reason: two curls and one or two s_clients each.
+    let text = metrics_text(&gw).await;
+    let reason = |r: &str| {
+        metric_sum(
+            &text,
+            "portcullis_tls_handshake_failures_total",
+            &[("listener", "strict"), ("reason", r)],
+        )
+        .unwrap_or_else(|| panic!("no series for reason {r}:\n{text}"))
+    };
+    assert_eq!(reason("no_certificate"), 4.0, "{text}");
+    assert_eq!(reason("unknown_ca"), 3.0, "{text}");
+    assert_eq!(reason("expired"), 3.0, "{text}");
+    assert_eq!(reason("revoked"), 3.0, "{text}");
+    assert_eq!(reason("other"), 0.0, "{text}");
+    let result = |r: &str| {
+        metric_sum(
+            &text,
+            "portcullis_tls_handshakes_total",
+            &[("listener", "strict"), ("result", r)],
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(result("failed"), 13.0, "{text}");
+    assert_eq!(result("full"), 2.0, "{text}");
+    assert_eq!(result("resumed"), 0.0, "{text}");
+    // The served certificate's remaining life, in seconds (it ends in 2090).
+    let left = metric_sum(
+        &text,
+        "portcullis_tls_certificate_expiry_seconds",
+        &[("listener", "strict")],
+    )
+    .expect("expiry gauge");
+    assert!(left > 60.0 * 365.0 * 86400.0, "{left}");
+    promtool_check(&text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// optional mode and the client_cert plugin
+// ---------------------------------------------------------------------------------------------
+
+/// Identity headers the plugin fills, and a client-sent (spoofed) value for each.
+const SPOOFED: [(&str, &str); 4] = [
+    ("x-client-subject", "CN=admin"),
+    ("x-client-spiffe", "spiffe://example.org/admin"),
+    ("x-client-cert-sha256", "00"),
+    ("x-client-cert", "forged"),
+];
+
+fn spoof_args() -> Vec<String> {
+    SPOOFED
+        .iter()
+        .flat_map(|(n, v)| ["-H".to_owned(), format!("{n}: {v}")])
+        .collect()
+}
+
+/// The values the upstream saw for header `name` (empty when it was not sent).
+fn seen(v: &serde_json::Value, name: &str) -> Vec<String> {
+    v["headers"][name]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The SHA-256 fingerprint openssl computes for a PEM certificate file: lowercase hex.
+fn openssl_fingerprint(cert: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.trim().rsplit('=').next().unwrap_or("");
+    hex.replace(':', "").to_ascii_lowercase()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3]).expect("ascii");
+            out.push(u8::from_str_radix(h, 16).expect("hex"));
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// The base64 body of a PEM text, without line breaks.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+fn optional_config(up: &str) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: 127.0.0.1:0
+  - name: partners
+    address: 127.0.0.1:0
+{tls}admin:
+  address: 127.0.0.1:0
+observability:
+  access_log: {{ path: access.log }}
+upstreams:
+  up:
+    targets: [{{ address: "{up}" }}]
+routes:
+  - name: partner-api
+    match: {{ path_prefix: /partners }}
+    upstream: up
+    plugins:
+      client_cert:
+        subjects: ["acme-*"]
+        sans: ["spiffe://example.org/partner/*"]
+        headers: {{ subject: X-Client-Subject, uri_san: X-Client-SPIFFE, fingerprint: X-Client-Cert-SHA256, cert: X-Client-Cert }}
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    upstream: up
+    plugins:
+      client_cert: {{}}
+      rate_limit: {{ limit: 1, per: 1m, burst: 0, key: consumer }}
+  - name: open
+    match: {{ path_prefix: / }}
+    upstream: up
+"#,
+        tls = tls_block("      client_auth: { ca: clients-ca.pem, mode: optional }\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mode_and_the_plugin_on_http1_and_http2() {
+    let pki = Pki::new();
+    let up = headers_upstream().await;
+    let gw = Gateway::start_with(&optional_config(&up.address()), |d| pki.write(d));
+    let dir = gw.dir.path().to_owned();
+    let fingerprint = openssl_fingerprint(&dir.join("acme.crt"));
+    assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+    let spoof = spoof_args();
+    let with_spoof = |v: &str| -> Vec<String> {
+        let mut a = vec![v.to_owned()];
+        a.extend(spoof.iter().cloned());
+        a
+    };
+
+    for v in ["--http1.1", "--http2"] {
+        let version = if v == "--http2" { "2" } else { "1.1" };
+        // No certificate: the listener admits the connection, the route answers 401.
+        let got = call(&gw, "partners", "/partners/x", None, &[v]);
+        assert_eq!((got.status, got.version.as_str()), (401, version), "{got:?}");
+        let e = got.json();
+        assert_eq!(e["error"]["code"], "client_cert_required", "{e}");
+        assert_eq!(e["error"]["status"], 401);
+
+        // Subject CN not on the list (its SPIFFE ID is): 403.
+        let got = call(&gw, "partners", "/partners/x", Some("globex"), &[v]);
+        assert_eq!(got.status, 403, "{v}: {got:?}");
+        assert_eq!(got.json()["error"]["code"], "forbidden");
+        // CN on the list, URI SAN not: 403.
+        let got = call(&gw, "partners", "/partners/x", Some("ops"), &[v]);
+        assert_eq!(got.status, 403, "{v}: {got:?}");
+        // No CN at all cannot match `subjects`.
+        let got = call(&gw, "partners", "/partners/x", Some("nocn"), &[v]);
+        assert_eq!(got.status, 403, "{v}: {got:?}");
+
+        // Allowed: the identity reaches the upstream, and the spoofed values do not.
+        let args = with_spoof(v);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let got = call(&gw, "partners", "/partners/x", Some("acme"), &args);
+        assert_eq!((got.status, got.version.as_str()), (200, version), "{got:?}");
+        let seen_by_up = got.json();
+        assert_eq!(seen(&seen_by_up, "x-client-subject"), ["CN=acme-1,O=Acme"]);
+        assert_eq!(
+            seen(&seen_by_up, "x-client-spiffe"),
+            ["spiffe://example.org/partner/acme"]
+        );
+        assert_eq!(seen(&seen_by_up, "x-client-cert-sha256"), [fingerprint.clone()]);
+        let cert = seen(&seen_by_up, "x-client-cert");
+        assert_eq!(cert.len(), 1, "{seen_by_up}");
+        let pem = percent_decode(&cert[0]);
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+        assert_eq!(pem_body(&pem), pem_body(&pki.client("acme").cert));
+
+        // A route without the plugin: the spoofed headers are removed all the same, with a
+        // certificate and without one.
+        for who in [Some("acme"), None] {
+            let got = call(&gw, "partners", "/open", who, &args);
+            assert_eq!(got.status, 200, "{v} {who:?}: {got:?}");
+            let seen_by_up = got.json();
+            for (name, _) in SPOOFED {
+                assert!(
+                    seen(&seen_by_up, name).is_empty(),
+                    "{v} {who:?}: {name} reached the upstream: {seen_by_up}"
+                );
+            }
+        }
+    }
+
+    // And on a plaintext listener (HTTP/1.1 and h2c).
+    for v in ["--http1.1", "--http2-prior-knowledge"] {
+        let mut args = with_spoof(v);
+        args.push(gw.url("/open"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = curl(&args);
+        assert_eq!(code, 0, "{err}");
+        let seen_by_up: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        for (name, _) in SPOOFED {
+            assert!(seen(&seen_by_up, name).is_empty(), "{v}: {name}: {seen_by_up}");
+        }
+    }
+
+    // The certificate names the consumer: rate limits count per certificate.
+    let got = call(&gw, "partners", "/limited", Some("acme"), &["--http1.1"]);
+    assert_eq!(got.status, 200, "{got:?}");
+    let got = call(&gw, "partners", "/limited", Some("acme"), &["--http2"]);
+    assert_eq!(got.status, 429, "{got:?}");
+    let got = call(&gw, "partners", "/limited", Some("globex"), &["--http2"]);
+    assert_eq!(got.status, 200, "another certificate, another consumer: {got:?}");
+
+    // The access log names the certificate's subject when the plugin admitted the request.
+    let log = dir.join("access.log");
+    let lines = |path: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || lines(&log).len() >= 17).await,
+        "access log: {:?}",
+        lines(&log)
+    );
+    let lines = lines(&log);
+    let admitted: Vec<_> = lines
+        .iter()
+        .filter(|l| l["route"] == "partner-api" && l["status"] == 200)
+        .collect();
+    assert_eq!(admitted.len(), 2, "{lines:?}");
+    for l in admitted {
+        assert_eq!(l["client_cert"], "CN=acme-1,O=Acme", "{l}");
+        assert_eq!(l["consumer"], "acme-1", "{l}");
+        assert_eq!(l["listener"], "partners", "{l}");
+    }
+    for l in lines.iter().filter(|l| l["route"] == "open") {
+        assert!(l["client_cert"].is_null(), "no plugin, no subject: {l}");
+    }
+    for l in lines.iter().filter(|l| l["status"] == 401 || l["status"] == 403) {
+        assert!(l["client_cert"].is_null(), "{l}");
+    }
+    let refused: Vec<_> = lines.iter().filter(|l| l["status"] == 429).collect();
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    assert_eq!(refused[0]["consumer"], "acme-1");
+
+    // Refusals are counted by reason; the handshakes all completed.
+    let text = metrics_text(&gw).await;
+    let auth = |r: &str| {
+        metric_sum(
+            &text,
+            "portcullis_auth_failures_total",
+            &[("plugin", "client_cert"), ("scope", "partner-api"), ("reason", r)],
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(auth("missing_cert"), 2.0, "{text}");
+    assert_eq!(auth("subject_not_allowed"), 4.0, "{text}");
+    assert_eq!(auth("san_not_allowed"), 2.0, "{text}");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "portcullis_tls_handshakes_total",
+            &[("listener", "partners"), ("result", "failed")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}
