@@ -323,6 +323,17 @@ fn call(gw: &Gateway, listener: &str, path: &str, who: Option<&str>, extra: &[&s
 
 /// `openssl s_client` to listener `listener` as `who`, trusting the server CA, with `extra`.
 fn s_client_as(gw: &Gateway, listener: &str, who: Option<&str>, extra: &[&str]) -> String {
+    s_client_send(gw, listener, who, extra, b"")
+}
+
+/// `s_client_as`, writing `input` on the connection.
+fn s_client_send(
+    gw: &Gateway,
+    listener: &str,
+    who: Option<&str>,
+    extra: &[&str],
+    input: &[u8],
+) -> String {
     let dir = gw.dir.path();
     let ca = dir.join("server-ca.pem");
     let cert = who.map(|w| dir.join(format!("{w}.crt")));
@@ -337,7 +348,7 @@ fn s_client_as(gw: &Gateway, listener: &str, who: Option<&str>, extra: &[&str]) 
         ]);
     }
     args.extend_from_slice(extra);
-    s_client(gw.listeners[listener], &args).1
+    s_client(gw.listeners[listener], &args, input).1
 }
 
 /// An upstream answering with the path, the HTTP version and every value of every header.
@@ -702,4 +713,202 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
         Some(0.0),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// session resumption
+// ---------------------------------------------------------------------------------------------
+
+fn resumption_config(up: &str) -> String {
+    format!(
+        r#"listeners:
+  - name: resume
+    address: 127.0.0.1:0
+{on}  - name: noresume
+    address: 127.0.0.1:0
+{off}admin:
+  address: 127.0.0.1:0
+upstreams:
+  up:
+    targets: [{{ address: "{up}" }}]
+routes:
+  - name: partner-api
+    match: {{ path_prefix: /partners }}
+    upstream: up
+    plugins:
+      client_cert:
+        headers: {{ subject: X-Client-Subject }}
+  - name: open
+    match: {{ path_prefix: / }}
+    upstream: up
+"#,
+        on = tls_block("      client_auth: { ca: clients-ca.pem, mode: optional }\n"),
+        off = tls_block(
+            "      client_auth: { ca: clients-ca.pem, mode: optional }\n      session_tickets: false\n"
+        ),
+    )
+}
+
+/// Two `s_client` connections, the second offering the session of the first; returns whether
+/// each was `New` or `Reused` and the ALPN protocol of the second.
+fn s_client_twice(gw: &Gateway, listener: &str, flags: &[&str], alpn: &str) -> [String; 3] {
+    let sess = gw
+        .dir
+        .path()
+        .join(format!("{listener}{}-{}.sess", flags.join(""), alpn.replace('/', "")));
+    let sess = sess.to_str().expect("utf-8");
+    let kind = |out: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix("New,")
+                    .map(|_| "New")
+                    .or_else(|| l.strip_prefix("Reused,").map(|_| "Reused"))
+            })
+            .unwrap_or_else(|| panic!("no session line:\n{out}"))
+            .to_owned()
+    };
+    // A request that makes the server close the connection (an HTTP/1.1 request with
+    // `Connection: close`; on h2, not a valid preface), read until then (`-ign_eof`): a TLS 1.3
+    // client gets its session tickets after the handshake, so quitting at once could miss them.
+    let input = format!("GET /open HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let mut first: Vec<&str> = vec!["-alpn", alpn, "-sess_out", sess, "-ign_eof"];
+    first.extend_from_slice(flags);
+    let a = s_client_send(gw, listener, Some("acme"), &first, input.as_bytes());
+    // Without a ticket, a TLS 1.3 client has no session to keep: it connects afresh.
+    let saved = Path::new(sess).exists();
+    let mut second: Vec<&str> = vec!["-alpn", alpn, "-ign_eof"];
+    if saved {
+        second.extend(["-sess_in", sess]);
+    }
+    second.extend_from_slice(flags);
+    let b = s_client_send(gw, listener, Some("acme"), &second, input.as_bytes());
+    let alpn_line = b
+        .lines()
+        .find(|l| l.starts_with("ALPN protocol:"))
+        .unwrap_or("no ALPN")
+        .to_owned();
+    let b = if saved { kind(&b) } else { format!("{} (no session saved)", kind(&b)) };
+    [kind(&a), b, alpn_line]
+}
+
+/// A rustls client presenting `acme`, offering `alpn`, that remembers sessions (rustls'
+/// default: TLS 1.3 tickets in memory).
+fn rustls_client(pki: &Pki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.server_ca.pem.as_bytes()).expect("CA PEM"))
+        .expect("add CA");
+    let leaf = pki.client("acme");
+    let chain = vec![CertificateDer::from_pem_slice(leaf.cert.as_bytes()).expect("cert PEM")];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key PEM");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client cert");
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// One connection with `connector` to `addr`, one GET of `path` over HTTP/2 or HTTP/1.1 (by
+/// the connector's ALPN). Returns whether the handshake resumed a session, and the body.
+async fn one_request(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    path: &str,
+) -> (Option<rustls::HandshakeKind>, serde_json::Value) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(HOST).expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let kind = tls.get_ref().1.handshake_kind();
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = Request::get(format!("https://{HOST}{path}"))
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        send.send_request(req).await.expect("h2 request")
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static(HOST));
+        send.send_request(req).await.expect("h1 request")
+    };
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (kind, serde_json::from_slice(&body).expect("JSON"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_by_default_and_not_with_session_tickets_false() {
+    let pki = Pki::new();
+    let up = headers_upstream().await;
+    let gw = Gateway::start_with(&resumption_config(&up.address()), |d| pki.write(d));
+
+    // TLS 1.3 tickets, TLS 1.2 tickets, TLS 1.2 session IDs (no ticket): each over h2 and
+    // http/1.1, with a client certificate.
+    let cases: [&[&str]; 3] = [&["-tls1_3"], &["-tls1_2"], &["-tls1_2", "-no_ticket"]];
+    for flags in cases {
+        for alpn in ["h2", "http/1.1"] {
+            let [a, b, proto] = s_client_twice(&gw, "resume", flags, alpn);
+            assert_eq!((a.as_str(), b.as_str()), ("New", "Reused"), "{flags:?} {alpn}");
+            assert_eq!(proto, format!("ALPN protocol: {alpn}"), "{flags:?}");
+            let [a, b, _] = s_client_twice(&gw, "noresume", flags, alpn);
+            // Off: no ticket and no session ID is handed out, so there is nothing to offer.
+            assert_eq!(
+                (a.as_str(), b.as_str()),
+                ("New", "New (no session saved)"),
+                "off: {flags:?} {alpn}"
+            );
+        }
+    }
+    let text = metrics_text(&gw).await;
+    let count = |l: &str, r: &str| {
+        metric_sum(
+            &text,
+            "portcullis_tls_handshakes_total",
+            &[("listener", l), ("result", r)],
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!((count("resume", "full"), count("resume", "resumed")), (6.0, 6.0), "{text}");
+    assert_eq!(
+        (count("noresume", "full"), count("noresume", "resumed")),
+        (12.0, 0.0),
+        "{text}"
+    );
+
+    // A resumed connection still carries the client's identity (rustls keeps the verified
+    // chain with the session): the route sees the certificate on h2 and on HTTP/1.1.
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        for (listener, resumes) in [("resume", true), ("noresume", false)] {
+            let connector = rustls_client(&pki, alpn);
+            let addr = gw.listeners[listener];
+            for i in 0..3 {
+                let (kind, seen_by_up) = one_request(&connector, addr, "/partners/r").await;
+                let want = if i > 0 && resumes {
+                    rustls::HandshakeKind::Resumed
+                } else {
+                    rustls::HandshakeKind::Full
+                };
+                assert_eq!(kind, Some(want), "{listener} {alpn:?} connection {i}");
+                assert_eq!(
+                    seen(&seen_by_up, "x-client-subject"),
+                    ["CN=acme-1,O=Acme"],
+                    "{listener} {alpn:?} connection {i}"
+                );
+            }
+        }
+    }
 }
