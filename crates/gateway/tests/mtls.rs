@@ -56,6 +56,8 @@ struct Spec<'a> {
     serial: u64,
     expired: bool,
     server: bool,
+    /// Valid until 1 January of this year (default 2090).
+    until: Option<i32>,
 }
 
 impl Ca {
@@ -105,7 +107,7 @@ impl Ca {
             params.not_after = date_time_ymd(2021, 1, 1);
         } else {
             params.not_before = date_time_ymd(2024, 1, 1);
-            params.not_after = date_time_ymd(2090, 1, 1);
+            params.not_after = date_time_ymd(s.until.unwrap_or(2090), 1, 1);
         }
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         Leaf {
@@ -270,6 +272,8 @@ struct Got {
     status: u16,
     version: String,
     body: String,
+    /// curl's own messages, shown when an assertion fails.
+    #[allow(dead_code)]
     err: String,
 }
 
@@ -586,7 +590,11 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
         let version = if v == "--http2" { "2" } else { "1.1" };
         // No certificate: the listener admits the connection, the route answers 401.
         let got = call(&gw, "partners", "/partners/x", None, &[v]);
-        assert_eq!((got.status, got.version.as_str()), (401, version), "{got:?}");
+        assert_eq!(
+            (got.status, got.version.as_str()),
+            (401, version),
+            "{got:?}"
+        );
         let e = got.json();
         assert_eq!(e["error"]["code"], "client_cert_required", "{e}");
         assert_eq!(e["error"]["status"], 401);
@@ -606,14 +614,21 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
         let args = with_spoof(v);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let got = call(&gw, "partners", "/partners/x", Some("acme"), &args);
-        assert_eq!((got.status, got.version.as_str()), (200, version), "{got:?}");
+        assert_eq!(
+            (got.status, got.version.as_str()),
+            (200, version),
+            "{got:?}"
+        );
         let seen_by_up = got.json();
         assert_eq!(seen(&seen_by_up, "x-client-subject"), ["CN=acme-1,O=Acme"]);
         assert_eq!(
             seen(&seen_by_up, "x-client-spiffe"),
             ["spiffe://example.org/partner/acme"]
         );
-        assert_eq!(seen(&seen_by_up, "x-client-cert-sha256"), [fingerprint.clone()]);
+        assert_eq!(
+            seen(&seen_by_up, "x-client-cert-sha256"),
+            [fingerprint.as_str()]
+        );
         let cert = seen(&seen_by_up, "x-client-cert");
         assert_eq!(cert.len(), 1, "{seen_by_up}");
         let pem = percent_decode(&cert[0]);
@@ -644,7 +659,10 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
         assert_eq!(code, 0, "{err}");
         let seen_by_up: serde_json::Value = serde_json::from_str(&out).expect("JSON");
         for (name, _) in SPOOFED {
-            assert!(seen(&seen_by_up, name).is_empty(), "{v}: {name}: {seen_by_up}");
+            assert!(
+                seen(&seen_by_up, name).is_empty(),
+                "{v}: {name}: {seen_by_up}"
+            );
         }
     }
 
@@ -654,7 +672,10 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
     let got = call(&gw, "partners", "/limited", Some("acme"), &["--http2"]);
     assert_eq!(got.status, 429, "{got:?}");
     let got = call(&gw, "partners", "/limited", Some("globex"), &["--http2"]);
-    assert_eq!(got.status, 200, "another certificate, another consumer: {got:?}");
+    assert_eq!(
+        got.status, 200,
+        "another certificate, another consumer: {got:?}"
+    );
 
     // The access log names the certificate's subject when the plugin admitted the request.
     let log = dir.join("access.log");
@@ -684,7 +705,10 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
     for l in lines.iter().filter(|l| l["route"] == "open") {
         assert!(l["client_cert"].is_null(), "no plugin, no subject: {l}");
     }
-    for l in lines.iter().filter(|l| l["status"] == 401 || l["status"] == 403) {
+    for l in lines
+        .iter()
+        .filter(|l| l["status"] == 401 || l["status"] == 403)
+    {
         assert!(l["client_cert"].is_null(), "{l}");
     }
     let refused: Vec<_> = lines.iter().filter(|l| l["status"] == 429).collect();
@@ -697,7 +721,11 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
         metric_sum(
             &text,
             "portcullis_auth_failures_total",
-            &[("plugin", "client_cert"), ("scope", "partner-api"), ("reason", r)],
+            &[
+                ("plugin", "client_cert"),
+                ("scope", "partner-api"),
+                ("reason", r),
+            ],
         )
         .unwrap_or(-1.0)
     };
@@ -752,10 +780,11 @@ routes:
 /// Two `s_client` connections, the second offering the session of the first; returns whether
 /// each was `New` or `Reused` and the ALPN protocol of the second.
 fn s_client_twice(gw: &Gateway, listener: &str, flags: &[&str], alpn: &str) -> [String; 3] {
-    let sess = gw
-        .dir
-        .path()
-        .join(format!("{listener}{}-{}.sess", flags.join(""), alpn.replace('/', "")));
+    let sess = gw.dir.path().join(format!(
+        "{listener}{}-{}.sess",
+        flags.join(""),
+        alpn.replace('/', "")
+    ));
     let sess = sess.to_str().expect("utf-8");
     let kind = |out: &str| {
         out.lines()
@@ -787,7 +816,11 @@ fn s_client_twice(gw: &Gateway, listener: &str, flags: &[&str], alpn: &str) -> [
         .find(|l| l.starts_with("ALPN protocol:"))
         .unwrap_or("no ALPN")
         .to_owned();
-    let b = if saved { kind(&b) } else { format!("{} (no session saved)", kind(&b)) };
+    let b = if saved {
+        kind(&b)
+    } else {
+        format!("{} (no session saved)", kind(&b))
+    };
     [kind(&a), b, alpn_line]
 }
 
@@ -862,7 +895,11 @@ async fn sessions_resume_by_default_and_not_with_session_tickets_false() {
     for flags in cases {
         for alpn in ["h2", "http/1.1"] {
             let [a, b, proto] = s_client_twice(&gw, "resume", flags, alpn);
-            assert_eq!((a.as_str(), b.as_str()), ("New", "Reused"), "{flags:?} {alpn}");
+            assert_eq!(
+                (a.as_str(), b.as_str()),
+                ("New", "Reused"),
+                "{flags:?} {alpn}"
+            );
             assert_eq!(proto, format!("ALPN protocol: {alpn}"), "{flags:?}");
             let [a, b, _] = s_client_twice(&gw, "noresume", flags, alpn);
             // Off: no ticket and no session ID is handed out, so there is nothing to offer.
@@ -882,7 +919,11 @@ async fn sessions_resume_by_default_and_not_with_session_tickets_false() {
         )
         .unwrap_or(-1.0)
     };
-    assert_eq!((count("resume", "full"), count("resume", "resumed")), (6.0, 6.0), "{text}");
+    assert_eq!(
+        (count("resume", "full"), count("resume", "resumed")),
+        (6.0, 6.0),
+        "{text}"
+    );
     assert_eq!(
         (count("noresume", "full"), count("noresume", "resumed")),
         (12.0, 0.0),
@@ -910,5 +951,316 @@ async fn sessions_resume_by_default_and_not_with_session_tickets_false() {
                 );
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// files changed on disk
+// ---------------------------------------------------------------------------------------------
+
+/// Waits until `portcullis_tls_reloads_total{listener, result}` reaches `n`.
+async fn wait_tls_reloads(gw: &Gateway, listener: &str, result: &str, n: f64) {
+    let labels = [("listener", listener), ("result", result)];
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            metric(gw, "portcullis_tls_reloads_total", &labels).await >= n
+        })
+        .await,
+        "{listener}: no TLS reload `{result}` #{n}:\n{}",
+        gw.logs()
+    );
+}
+
+/// Saves a TLS 1.3 session of client `who` on `listener` to `file`.
+fn save_session(gw: &Gateway, listener: &str, who: &str, file: &str) {
+    let sess = gw.dir.path().join(file);
+    let input = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let args = [
+        "-tls1_3",
+        "-ign_eof",
+        "-sess_out",
+        sess.to_str().expect("utf-8"),
+    ];
+    let out = s_client_send(gw, listener, Some(who), &args, input.as_bytes());
+    assert!(sess.exists(), "no session saved:\n{out}");
+}
+
+/// Offers the session in `file` back: `New` or `Reused`.
+fn offer_session(gw: &Gateway, listener: &str, who: &str, file: &str) -> &'static str {
+    let sess = gw.dir.path().join(file);
+    let input = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let args = [
+        "-tls1_3",
+        "-ign_eof",
+        "-sess_in",
+        sess.to_str().expect("utf-8"),
+    ];
+    let out = s_client_send(gw, listener, Some(who), &args, input.as_bytes());
+    if out.lines().any(|l| l.starts_with("Reused,")) {
+        "Reused"
+    } else if out.lines().any(|l| l.starts_with("New,")) {
+        "New"
+    } else {
+        panic!("no session line:\n{out}")
+    }
+}
+
+/// The subject of the certificate a listener serves now, as s_client prints it.
+fn served_subject(gw: &Gateway, listener: &str) -> String {
+    let out = s_client_as(gw, listener, Some("globex"), &[]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or_else(|| panic!("no subject:\n{out}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_crl_and_certificate_files_reload_when_they_change_on_disk() {
+    let pki = Pki::new();
+    let up = echo_upstream("echo").await;
+    let yaml = format!(
+        r#"listeners:
+  - name: bundle
+    address: 127.0.0.1:0
+{bundle}  - name: revocation
+    address: 127.0.0.1:0
+{revocation}admin:
+  address: 127.0.0.1:0
+upstreams:
+  up:
+    targets: [{{ address: "{up}" }}]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: up
+"#,
+        bundle = tls_block("      client_auth: { ca: bundle.pem }\n"),
+        revocation = tls_block("      client_auth: { ca: clients-ca.pem, crl: live.crl }\n"),
+        up = up.address(),
+    );
+    let gw = Gateway::start_with(&yaml, |d| {
+        pki.write(d);
+        std::fs::write(d.join("bundle.pem"), &pki.clients.pem).expect("bundle");
+        std::fs::write(d.join("live.crl"), pki.clients.crl(1, &[])).expect("CRL");
+    });
+    let dir = gw.dir.path().to_owned();
+
+    // 1. The CA bundle gains the other CA: its clients get in, without a reload.
+    let got = call(&gw, "bundle", "/", Some("foreign"), &["--http1.1"]);
+    assert_ne!(
+        got.code, 0,
+        "foreign CA admitted before it was trusted: {got:?}"
+    );
+    save_session(&gw, "bundle", "acme", "bundle.sess");
+    let both = format!("{}{}", pki.clients.pem, pki.other.pem);
+    write_atomically(&dir.join("bundle.pem"), both.as_bytes());
+    wait_tls_reloads(&gw, "bundle", "ok", 1.0).await;
+    for v in ["--http1.1", "--http2"] {
+        let got = call(&gw, "bundle", "/", Some("foreign"), &[v]);
+        assert_eq!((got.code, got.status), (0, 200), "{v}: {got:?}");
+        let got = call(&gw, "bundle", "/", Some("acme"), &[v]);
+        assert_eq!(got.status, 200, "{v}: {got:?}");
+    }
+    // A session from before the CA change is not honoured: verified afresh.
+    assert_eq!(offer_session(&gw, "bundle", "acme", "bundle.sess"), "New");
+    assert!(
+        gw.logs().contains("TLS files changed on disk"),
+        "{}",
+        gw.logs()
+    );
+
+    // 2. The CRL revokes acme: refused from then on, counted as revoked.
+    let got = call(&gw, "revocation", "/", Some("acme"), &["--http2"]);
+    assert_eq!(got.status, 200, "{got:?}");
+    write_atomically(&dir.join("live.crl"), pki.clients.crl(2, &[10]).as_bytes());
+    wait_tls_reloads(&gw, "revocation", "ok", 1.0).await;
+    for v in ["--http1.1", "--http2"] {
+        let got = call(&gw, "revocation", "/", Some("acme"), &[v]);
+        assert_ne!(got.code, 0, "{v}: revoked certificate admitted: {got:?}");
+        let got = call(&gw, "revocation", "/", Some("globex"), &[v]);
+        assert_eq!(got.status, 200, "{v}: {got:?}");
+    }
+    let revoked = metric(
+        &gw,
+        "portcullis_tls_handshake_failures_total",
+        &[("listener", "revocation"), ("reason", "revoked")],
+    )
+    .await;
+    assert_eq!(revoked, 2.0);
+
+    // 3. A renewed server certificate: new connections get it; sessions survive it.
+    let expiry = |text: &str| {
+        metric_sum(
+            text,
+            "portcullis_tls_certificate_expiry_seconds",
+            &[("listener", "bundle")],
+        )
+        .expect("expiry gauge")
+    };
+    let before = expiry(&metrics_text(&gw).await);
+    save_session(&gw, "bundle", "acme", "bundle2.sess");
+    let renewed = pki.server_ca.leaf(Spec {
+        cn: Some(HOST),
+        org: Some("Renewed"),
+        dns: &[HOST],
+        serial: 2,
+        server: true,
+        until: Some(2080),
+        ..Spec::default()
+    });
+    // The key first: a poll between the two writes sees a mismatched pair, refuses it, and
+    // takes the pair once the certificate is there too.
+    write_atomically(&dir.join("server.key"), renewed.key.as_bytes());
+    write_atomically(&dir.join("server.crt"), renewed.cert.as_bytes());
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            served_subject(&gw, "bundle").contains("Renewed")
+        })
+        .await,
+        "{}",
+        gw.logs()
+    );
+    assert!(served_subject(&gw, "revocation").contains("Renewed"));
+    assert_eq!(
+        offer_session(&gw, "bundle", "acme", "bundle2.sess"),
+        "Reused"
+    );
+    // The expiry gauge follows the served certificate: ten years less.
+    let after = expiry(&metrics_text(&gw).await);
+    let ten_years = 3653.0 * 86400.0;
+    assert!(
+        (before - after - ten_years).abs() < 120.0,
+        "{before} vs {after}"
+    );
+    let got = call(&gw, "bundle", "/", Some("acme"), &["--http2"]);
+    assert_eq!(got.status, 200, "{got:?}");
+
+    // 4. A config reload that changes nothing keeps the TLS state: sessions resume.
+    save_session(&gw, "revocation", "globex", "revocation.sess");
+    let reload = send(
+        &h1_client(),
+        req("POST", &gw.admin_url("/admin/reload"))
+            .body(Full::default())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(reload.status, 200, "{:?}", reload.body);
+    assert_eq!(
+        offer_session(&gw, "revocation", "globex", "revocation.sess"),
+        "Reused"
+    );
+
+    // 5. A broken CA bundle is refused, logged and counted; the previous one keeps serving,
+    // and the same broken file is not tried again at every poll.
+    write_atomically(&dir.join("bundle.pem"), b"not a certificate\n");
+    wait_tls_reloads(&gw, "bundle", "failed", 1.0).await;
+    assert!(
+        gw.wait_for_log("cannot be used", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    let got = call(&gw, "bundle", "/", Some("foreign"), &["--http2"]);
+    assert_eq!(
+        got.status, 200,
+        "the previous bundle keeps serving: {got:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let failed = metric(
+        &gw,
+        "portcullis_tls_reloads_total",
+        &[("listener", "bundle"), ("result", "failed")],
+    )
+    .await;
+    assert_eq!(failed, 1.0);
+    // And a config reload now is refused as a whole, naming the file and field.
+    let reload = send(
+        &h1_client(),
+        req("POST", &gw.admin_url("/admin/reload"))
+            .body(Full::default())
+            .expect("request"),
+    )
+    .await;
+    assert_ne!(reload.status, 200);
+    let body = String::from_utf8_lossy(&reload.body);
+    assert!(body.contains("listeners[0].tls.client_auth.ca"), "{body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// config errors
+// ---------------------------------------------------------------------------------------------
+
+/// A config with one mTLS listener whose `client_auth` is `client_auth`, and a route with
+/// `plugin` as its `client_cert` config.
+fn mtls_config(client_auth: &str, plugin: &str) -> String {
+    format!(
+        "listeners:\n  - name: partners\n    address: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: server.crt, key: server.key }}]\n      client_auth: {client_auth}\nadmin:\n  address: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path_prefix: / }}\n    direct_response: {{ status: 200 }}\n    plugins:\n      client_cert: {plugin}\n"
+    )
+}
+
+#[test]
+fn validate_places_client_auth_and_plugin_errors() {
+    let pki = Pki::new();
+    let check = |client_auth: &str, plugin: &str| {
+        validate_in(&mtls_config(client_auth, plugin), |d| {
+            pki.write(d);
+            std::fs::write(d.join("garbage.pem"), "not PEM at all\n").expect("write");
+        })
+    };
+    // A good one passes, so each failure below is about what it changes.
+    let (code, out, err) = check(
+        "{ ca: clients-ca.pem, mode: optional, crl: clients.crl }",
+        "{ subjects: [\"acme-*\"], headers: { subject: X-Client-Subject } }",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    for (client_auth, plugin, field, words) in [
+        (
+            "{ ca: clients-ca.pem, mode: sometimes }",
+            "{}",
+            "gw.yaml:6:42: listeners[0].tls.client_auth.mode",
+            "require",
+        ),
+        (
+            "{ ca: missing.pem }",
+            "{}",
+            "listeners[0].tls.client_auth.ca",
+            "missing.pem",
+        ),
+        (
+            "{ ca: garbage.pem }",
+            "{}",
+            "listeners[0].tls.client_auth.ca",
+            "no PEM certificate",
+        ),
+        (
+            "{ ca: clients-ca.pem, crl: garbage.pem }",
+            "{}",
+            "listeners[0].tls.client_auth.crl",
+            "revocation list",
+        ),
+        (
+            "{ ca: clients-ca.pem, mTLS: true }",
+            "{}",
+            "listeners[0].tls.client_auth.mTLS",
+            "unknown field",
+        ),
+        (
+            "{ ca: clients-ca.pem }",
+            "{ headers: { subject: \"bad header\" } }",
+            "routes[0].plugins.client_cert.headers.subject",
+            "not a header name",
+        ),
+        (
+            "{ ca: clients-ca.pem }",
+            "{ consumer: dn }",
+            "routes[0].plugins.client_cert.consumer",
+            "cn, uri_san or none",
+        ),
+    ] {
+        let (code, out, err) = check(client_auth, plugin);
+        assert_eq!(code, 1, "{client_auth} {plugin}: {out}{err}");
+        assert!(err.contains(field), "want {field}: {err}");
+        assert!(err.contains(words), "want `{words}`: {err}");
+        assert!(err.contains("gw.yaml:"), "{err}");
     }
 }
