@@ -134,6 +134,7 @@ impl<'a> Validator<'a> {
             .collect();
         let global_plugins = plugin_confs("plugins", &raw.plugins);
         let routes = self.routes(&raw.routes, &index, &raw.plugins);
+        self.client_cert_without_client_auth(raw, &listeners);
         let runtime = self.runtime(&raw.runtime);
         let observability = self.observability(raw.observability.as_ref());
         let dns = self.dns(raw.dns.as_ref());
@@ -150,6 +151,34 @@ impl<'a> Validator<'a> {
             observability,
             dns,
         })
+    }
+
+    /// `client_cert` configured while no listener asks for client certificates: every request
+    /// of those routes would get 401.
+    fn client_cert_without_client_auth(&mut self, raw: &RawConfig, listeners: &[Listener]) {
+        let mtls = listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
+        if mtls {
+            return;
+        }
+        let mut places = Vec::new();
+        if raw.plugins.contains_key("client_cert") {
+            places.push("plugins.client_cert".to_owned());
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            if r.plugins.contains_key("client_cert") {
+                places.push(format!("routes[{i}].plugins.client_cert"));
+            }
+        }
+        for path in places {
+            self.lint(
+                Severity::Warning,
+                "client-cert-without-client-auth",
+                path,
+                "no listener asks for client certificates (`tls.client_auth`): this plugin will answer 401 to every request".into(),
+            );
+        }
     }
 
     fn dns(&mut self, raw: Option<&RawDns>) -> Dns {

@@ -112,3 +112,64 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+    use rustls::CertificateError;
+
+    fn io(e: rustls::Error) -> std::io::Error {
+        // What tokio-rustls returns for a failed handshake.
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn reasons_come_from_the_rustls_error() {
+        let cert = |c| io(rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            Failure::of(&io(rustls::Error::NoCertificatesPresented)),
+            Failure::NoCertificate
+        );
+        assert_eq!(
+            Failure::of(&cert(CertificateError::UnknownIssuer)),
+            Failure::UnknownCa
+        );
+        assert_eq!(
+            Failure::of(&cert(CertificateError::Expired)),
+            Failure::Expired
+        );
+        assert_eq!(
+            Failure::of(&cert(CertificateError::NotValidYet)),
+            Failure::Expired
+        );
+        assert_eq!(
+            Failure::of(&cert(CertificateError::Revoked)),
+            Failure::Revoked
+        );
+        assert_eq!(
+            Failure::of(&cert(CertificateError::UnknownRevocationStatus)),
+            Failure::BadCertificate
+        );
+        assert_eq!(
+            Failure::of(&io(rustls::Error::HandshakeNotComplete)),
+            Failure::Other
+        );
+        assert_eq!(
+            Failure::of(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            Failure::Other
+        );
+        let labels: Vec<&str> = Failure::ALL.iter().map(|f| f.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "no_certificate",
+                "unknown_ca",
+                "expired",
+                "revoked",
+                "bad_certificate",
+                "timeout",
+                "other"
+            ]
+        );
+    }
+}
