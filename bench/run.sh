@@ -22,11 +22,20 @@
 #   tracing        plain + OTLP/HTTP tracing (sampling 1.0) to a local sink (otlp_sink.py);
 #                  skipped with a message when Portcullis refuses the config or exports nothing
 #
+# TLS handshakes (TLS_HANDSHAKES=1): Portcullis and nginx as TLS servers (ECDSA P-256
+# certificate, one core each, a direct 200 answer: no upstream), driven by the tls_handshakes
+# example (crates/gateway/examples/tls_handshakes.rs) on the load core: connections made as fast
+# as TLS_CONCURRENCY clients can, each one handshake and one small request, with full handshakes
+# and with resumed sessions (TLS 1.3 tickets, TLS 1.2 tickets), TLS 1.3 and 1.2. Reported: the
+# server's CPU per connection and connections/s, full against resumed.
+#
 # Environment (defaults): CONNS=64 DURATION=15 (seconds) WARMUP=3 (seconds) IDLE_CONNS=10000
 #   PROFILES=plain
+#   TLS_HANDSHAKES=1 TLS_DURATION=5 (seconds per run) TLS_CONCURRENCY=8
+#   TLS_ONLY=1 runs only the TLS handshake measurement
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output). CARGO_TARGET_DIR is honoured.
-# Installs nginx-light (or nginx), wrk and curl with apt-get when missing; builds Portcullis and
-# the bare hyper example in release.
+# Installs nginx-light (or nginx), wrk, curl and openssl with apt-get when missing; builds
+# Portcullis and the bare hyper and tls_handshakes examples in release.
 set -euo pipefail
 
 CONNS=${CONNS:-64}
@@ -35,6 +44,11 @@ WARMUP=${WARMUP:-3}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILES=${PROFILES:-plain}
+TLS_HANDSHAKES=${TLS_HANDSHAKES:-1}
+TLS_DURATION=${TLS_DURATION:-5}
+TLS_CONCURRENCY=${TLS_CONCURRENCY:-8}
+TLS_ONLY=${TLS_ONLY:-0}
+[ "$TLS_ONLY" = 1 ] && TLS_HANDSHAKES=1
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -69,6 +83,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} (apt-get)"
   $SUDO apt-get update -qq
@@ -95,6 +110,12 @@ log "building the bare hyper proxy (cargo build --release -p portcullis --exampl
 cargo build --release -p portcullis --example bare_hyper_proxy >&2
 HYPER_BIN="$TARGET_DIR/release/examples/bare_hyper_proxy"
 [ -x "$HYPER_BIN" ] || die "no binary at $HYPER_BIN"
+if [ "$TLS_HANDSHAKES" = 1 ]; then
+  log "building the TLS connection generator (cargo build --release -p portcullis --example tls_handshakes)"
+  cargo build --release -p portcullis --example tls_handshakes >&2
+  TLS_BIN="$TARGET_DIR/release/examples/tls_handshakes"
+  [ -x "$TLS_BIN" ] || die "no binary at $TLS_BIN"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Cores, limits, temp dir, cleanup
@@ -166,12 +187,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Free loopback ports (bound together, so they are distinct, then released): 8 fixed, then a
+# Free loopback ports (bound together, so they are distinct, then released): 11 fixed, then a
 # proxy and an admin port per Portcullis profile after plain (plain uses PC_PORT/PC_ADMIN).
-read -r UP_PORT PC_PORT PC_ADMIN NGX_PORT PC2_PORT PC2_ADMIN HY_PORT OTLP_PORT PROFILE_PORTS < <(
+read -r UP_PORT PC_PORT PC_ADMIN NGX_PORT PC2_PORT PC2_ADMIN HY_PORT OTLP_PORT \
+  TLS_PC_PORT TLS_PC_ADMIN TLS_NGX_PORT PROFILE_PORTS < <(
   python3 - $((2 * ${#PROFILE_LIST[@]})) <<'EOF'
 import socket, sys
-socks = [socket.socket() for _ in range(8 + int(sys.argv[1]))]
+socks = [socket.socket() for _ in range(11 + int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -322,6 +344,189 @@ save_result() { # column: copies the R_* variables of the last bench
   M_SOCKERR[$1]=$R_SOCKERR M_CPU_US[$1]=$R_CPU_US M_UTIL[$1]=$R_UTIL M_OTHER[$1]=$R_OTHER
   M_HWM[$1]=$R_HWM M_LOAD[$1]=$R_LOAD
 }
+
+# ---------------------------------------------------------------------------------------------
+# TLS handshakes: Portcullis and nginx as TLS servers, full against resumed
+# ---------------------------------------------------------------------------------------------
+declare -A T_CPS T_CPU_US T_RESUMED T_ERRORS T_UTIL
+TLS_SERVERS=(portcullis nginx)
+TLS_CASES=("1.3 full" "1.3 resumed" "1.2 full" "1.2 resumed")
+TLS_PC_METRICS=""
+
+# tls_run server pid port version mode -> T_* under the key "server version mode"
+tls_run() {
+  local who=$1 pid=$2 port=$3 v=$4 mode=$5 key="$1 $4 $5" out t0 t1 ns0 ns1 cl_pid
+  out="$TMP/tls/$who-$v-$mode.txt"
+  # Warm-up, not counted: caches, the session cache, the ticket keys.
+  taskset -c "$LOAD_CORE" "$TLS_BIN" "127.0.0.1:$port" bench.test "$TMP/tls/ca.pem" "$v" "$mode" 1 \
+    "$TLS_CONCURRENCY" >"$out.warmup" 2>&1 &
+  cl_pid=$!; track "$cl_pid"
+  wait "$cl_pid" || { cat "$out.warmup" >&2; die "tls_handshakes failed ($key)"; }
+  untrack "$cl_pid"
+  t0=$(cpu_ticks "$pid"); ns0=$(date +%s%N)
+  taskset -c "$LOAD_CORE" "$TLS_BIN" "127.0.0.1:$port" bench.test "$TMP/tls/ca.pem" "$v" "$mode" \
+    "$TLS_DURATION" "$TLS_CONCURRENCY" >"$out" 2>&1 &
+  cl_pid=$!; track "$cl_pid"
+  wait "$cl_pid" || { cat "$out" >&2; die "tls_handshakes failed ($key)"; }
+  untrack "$cl_pid"
+  ns1=$(date +%s%N); t1=$(cpu_ticks "$pid")
+  local n r e secs
+  tls_field() { tr ' ' '\n' <"$out" | awk -F= -v k="$1" '$1 == k {print $2}'; }
+  n=$(tls_field connections); r=$(tls_field resumed); e=$(tls_field errors); secs=$(tls_field seconds)
+  [ -n "$n" ] && [ "$n" -gt 0 ] || { cat "$out" >&2; die "tls_handshakes made no connection ($key)"; }
+  T_CPS[$key]=$(awk -v n="$n" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')
+  T_CPU_US[$key]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  T_UTIL[$key]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v a="$ns0" -v b="$ns1" \
+    'BEGIN {printf "%.0f", t / hz / ((b - a) / 1e9) * 100}')
+  T_RESUMED[$key]=$(awk -v r="$r" -v n="$n" 'BEGIN {printf "%.0f", r / n * 100}')
+  T_ERRORS[$key]=$e
+  log "TLS $key: ${T_CPS[$key]} connections/s, ${T_CPU_US[$key]} us server CPU each (${T_UTIL[$key]}% of its core), ${T_RESUMED[$key]}% resumed, $e errors"
+}
+
+tls_section() {
+  local d="$TMP/tls" c
+  mkdir -p "$d"
+  # A CA and an ECDSA P-256 server certificate for bench.test: what both servers present.
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -days 30 -subj "/CN=bench CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+    -out "$d/ca.pem" 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/server.key" 2>/dev/null
+  openssl req -new -key "$d/server.key" -subj "/CN=bench.test" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:bench.test\nextendedKeyUsage=serverAuth\n' >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 30 -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
+  [ -s "$d/server.crt" ] || die "could not make the TLS test certificate"
+
+  # Portcullis: a TLS listener answering 200 itself; session resumption on (the default).
+  {
+    echo "listeners:"
+    echo "  - name: tls"
+    echo "    address: 127.0.0.1:$TLS_PC_PORT"
+    echo "    tls:"
+    echo "      certificates: [{ cert: $d/server.crt, key: $d/server.key }]"
+    echo "admin:"
+    echo "  address: 127.0.0.1:$TLS_PC_ADMIN"
+    echo "routes:"
+    echo "  - name: all"
+    echo "    match: { path_prefix: / }"
+    echo '    direct_response: { status: 200, body: "ok\n" }'
+    echo "runtime: { worker_threads: 1 }"
+  } >"$d/portcullis.yaml"
+  PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$BIN" run -c "$d/portcullis.yaml" \
+    >"$d/portcullis.stdout" 2>"$d/portcullis.stderr" &
+  local pc=$!
+  track "$pc"
+  wait_port "$TLS_PC_PORT" "$pc" "portcullis (TLS)" "$d/portcullis.stderr"
+  log "TLS: portcullis on 127.0.0.1:$TLS_PC_PORT (pid $pc)"
+  for c in "${TLS_CASES[@]}"; do
+    # shellcheck disable=SC2086
+    tls_run portcullis "$pc" "$TLS_PC_PORT" $c
+  done
+  TLS_PC_METRICS=$(curl -s -m 5 "http://127.0.0.1:$TLS_PC_ADMIN/metrics" | grep '^portcullis_tls_handshakes_total' || true)
+  stop_pid "$pc"
+
+  # nginx: one worker, session tickets (its default) and a shared cache for TLS 1.2 session IDs.
+  mkdir -p "$d/nginx"
+  {
+    echo "worker_processes 1;"
+    echo "worker_rlimit_nofile $NGX_NOFILE;"
+    echo "daemon off;"
+    echo "pid $d/nginx/nginx.pid;"
+    echo "error_log $d/nginx/error.log warn;"
+    echo "events { worker_connections $NGX_WORKER_CONNECTIONS; }"
+    echo "http {"
+    echo "    access_log off;"
+    for t in client_body proxy fastcgi uwsgi scgi; do echo "    ${t}_temp_path $d/nginx/$t;"; done
+    echo "    server {"
+    echo "        listen 127.0.0.1:$TLS_NGX_PORT ssl backlog=4096;"
+    echo "        ssl_certificate $d/server.crt;"
+    echo "        ssl_certificate_key $d/server.key;"
+    echo "        ssl_protocols TLSv1.2 TLSv1.3;"
+    echo "        ssl_session_cache shared:SSL:10m;"
+    echo "        ssl_session_tickets on;"
+    echo '        location / { return 200 "ok\n"; }'
+    echo "    }"
+    echo "}"
+  } >"$d/nginx/nginx.conf"
+  taskset -c "$PROXY_CORE" "$NGINX" -p "$d/nginx/" -c "$d/nginx/nginx.conf" -e "$d/nginx/error.log" \
+    >"$d/nginx/stdout" 2>"$d/nginx/stderr" &
+  local master=$! worker
+  track "$master"
+  wait_port "$TLS_NGX_PORT" "$master" "nginx (TLS)" "$d/nginx/stderr"
+  worker=$(nginx_worker "$master"); WORKERS+=("$worker:$(start_time "$worker")")
+  log "TLS: nginx on 127.0.0.1:$TLS_NGX_PORT (master $master, worker $worker)"
+  for c in "${TLS_CASES[@]}"; do
+    # shellcheck disable=SC2086
+    tls_run nginx "$worker" "$TLS_NGX_PORT" $c
+  done
+  stop_pid "$master"
+}
+
+tls_ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+
+tls_report() {
+  local v who c
+  echo "TLS handshakes: one connection = TCP + TLS handshake + one small HTTP/1.1 request answered"
+  echo "by the server itself; ECDSA P-256; server on core $PROXY_CORE, $TLS_CONCURRENCY clients (tls_handshakes)"
+  echo "on core $LOAD_CORE; ${TLS_DURATION}s per run after a 1s warm-up. Resumed: TLS 1.3 tickets, TLS 1.2 tickets."
+  printf '%-44s %14s %14s\n' "" Portcullis nginx
+  for c in "${TLS_CASES[@]}"; do
+    printf '%-44s' "TLS $c: connections/s"
+    for who in "${TLS_SERVERS[@]}"; do printf ' %14s' "${T_CPS[$who $c]}"; done
+    printf '\n%-44s' "TLS $c: server CPU per connection (us)"
+    for who in "${TLS_SERVERS[@]}"; do printf ' %14s' "${T_CPU_US[$who $c]}"; done
+    printf '\n%-44s' "TLS $c: server CPU use (% of its core)"
+    for who in "${TLS_SERVERS[@]}"; do printf ' %14s' "${T_UTIL[$who $c]}"; done
+    printf '\n'
+    if [ "${c#* }" = resumed ]; then
+      printf '%-44s' "TLS $c: connections resumed (%)"
+      for who in "${TLS_SERVERS[@]}"; do printf ' %14s' "${T_RESUMED[$who $c]}"; done
+      printf '\n'
+    fi
+  done
+  for v in 1.3 1.2; do
+    printf '%-44s' "TLS $v: resumed/full server CPU"
+    for who in "${TLS_SERVERS[@]}"; do
+      printf ' %14s' "$(tls_ratio "${T_CPU_US[$who $v resumed]}" "${T_CPU_US[$who $v full]}")x"
+    done
+    printf '\n'
+  done
+  for c in "${TLS_CASES[@]}"; do
+    echo "Portcullis/nginx TLS $c: CPU per connection $(tls_ratio "${T_CPU_US[portcullis $c]}" "${T_CPU_US[nginx $c]}")x"
+  done
+  echo "Portcullis counted (portcullis_tls_handshakes_total): $(echo "$TLS_PC_METRICS" |
+    sed 's/.*result="\([a-z]*\)"} /\1=/' | tr '\n' ' ')"
+  for c in "${TLS_CASES[@]}"; do
+    for who in "${TLS_SERVERS[@]}"; do
+      [ "${T_ERRORS[$who $c]}" = 0 ] || echo "note: $who TLS $c: ${T_ERRORS[$who $c]} connections failed at the client"
+    done
+  done
+}
+
+tls_keys() {
+  local c who k v
+  for who in "${TLS_SERVERS[@]}"; do
+    for c in "${TLS_CASES[@]}"; do
+      k="tls_${who}_$(echo "$c" | tr -d '.' | tr ' ' '_')"
+      echo "${k}_cps=${T_CPS[$who $c]}"
+      echo "${k}_cpu_us=${T_CPU_US[$who $c]}"
+      echo "${k}_resumed_pct=${T_RESUMED[$who $c]}"
+    done
+    for v in 13 12; do
+      echo "tls_${who}_${v}_resumed_vs_full_cpu=$(tls_ratio "${T_CPU_US[$who ${v:0:1}.${v:1} resumed]}" "${T_CPU_US[$who ${v:0:1}.${v:1} full]}")"
+    done
+  done
+}
+
+if [ "$TLS_ONLY" = 1 ]; then
+  tls_section
+  echo
+  tls_report
+  echo
+  tls_keys
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Upstream (core LOAD_CORE)
@@ -575,6 +780,8 @@ NG_CPU_US=$R_CPU_US NG_UTIL=$R_UTIL NG_OTHER=$R_OTHER NG_HWM=$R_HWM NG_LOAD=$R_L
 save_result nginx
 stop_pid "$NGX_MASTER"
 
+if [ "$TLS_HANDSHAKES" = 1 ]; then tls_section; fi
+
 # ---------------------------------------------------------------------------------------------
 # Portcullis with many idle keep-alive clients (a fresh process, so the load run does not mix in)
 # ---------------------------------------------------------------------------------------------
@@ -706,6 +913,7 @@ printf '  %-44s %10s MiB\n' "RSS after closing them" "$(mib "$IC_AFTER")"
 printf '  %-44s %10s MiB\n' "VmHWM of that process" "$(mib "$IC_HWM")"
 printf '  %s\n' "connections: $IC_OPENED opened in ${IC_SECS}s, $IC_FAILED failed, $IC_STILL still open when RSS was read"
 echo
+if [ "$TLS_HANDSHAKES" = 1 ]; then tls_report; echo; fi
 NOTES=()
 if [ "${PC_OTHER%.*}" -gt 10 ] || [ "${NG_OTHER%.*}" -gt 10 ]; then
   NOTES+=("other processes used CPU during the runs (${PC_OTHER}% / ${NG_OTHER}% of a core): figures are noisy")
@@ -804,6 +1012,7 @@ ratio_vs_hyper_p99=$HY_P99
 ratio_vs_hyper_rps=$HY_RPS
 bench_profiles=$(IFS=,; echo "${PROFILE_LIST[*]}")
 EOF
+if [ "$TLS_HANDSHAKES" = 1 ]; then tls_keys; fi
 for p in "${PROFILE_LIST[@]}"; do
   k="portcullis_$p"
   if measured "$p"; then

@@ -63,7 +63,7 @@ pub struct Listener {
 }
 
 /// Lowest TLS protocol version a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsVersion {
     /// TLS 1.2 and 1.3.
     Tls12,
@@ -72,16 +72,42 @@ pub enum TlsVersion {
 }
 
 /// TLS settings of a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenerTls {
     /// Certificate/key pairs; the first is the default for clients without SNI.
     pub certificates: Vec<CertFiles>,
     /// Minimum version.
     pub min_version: TlsVersion,
+    /// Client certificate verification (mutual TLS), when asked for.
+    pub client_auth: Option<ClientAuth>,
+    /// Session resumption: TLS 1.3 tickets and TLS 1.2 session IDs.
+    pub session_tickets: bool,
+}
+
+/// Whether a listener's clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAuthMode {
+    /// No valid certificate, no handshake.
+    Require,
+    /// Verified when presented; routes decide (the `client_cert` plugin).
+    Optional,
+}
+
+/// Client certificate verification of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientAuth {
+    /// PEM bundle of trusted client CAs.
+    pub ca: PathBuf,
+    /// Require or optional.
+    pub mode: ClientAuthMode,
+    /// Revocation list file (PEM or DER), if any.
+    pub crl: Option<PathBuf>,
+    /// Config path of this entry, e.g. `listeners[1].tls.client_auth`.
+    pub field: String,
 }
 
 /// Paths of a PEM certificate chain and key, with the field path for errors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertFiles {
     /// Certificate chain file.
     pub cert: PathBuf,
@@ -510,6 +536,7 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "attempts",
     "error",
     "consumer",
+    "client_cert",
     "listener",
 ];
 

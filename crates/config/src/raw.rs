@@ -79,6 +79,26 @@ pub struct RawListenerTls {
     /// Lowest TLS version accepted: "1.2" (default) or "1.3".
     #[serde(default)]
     pub min_version: Option<String>,
+    /// Client certificates (mutual TLS): verified against a CA bundle; absent = not asked for.
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+    /// Session resumption (TLS 1.3 tickets, TLS 1.2 session IDs); on by default.
+    #[serde(default)]
+    pub session_tickets: Option<bool>,
+}
+
+/// Client certificate verification on a TLS listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: String,
+    /// `require` (default: no valid certificate, no handshake) or `optional` (routes decide).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// PEM or DER certificate revocation list(s) of those CAs.
+    #[serde(default)]
+    pub crl: Option<String>,
 }
 
 /// A certificate chain and its private key, PEM files.

@@ -111,6 +111,21 @@ fn lint_policies() {
 }
 
 #[test]
+fn client_cert_without_an_mtls_listener_is_warned() {
+    let c = load(&format!(
+        "{BASE}routes:\n  - name: a\n    match: {{ path_prefix: / }}\n    direct_response: {{ status: 200 }}\n    plugins: {{ client_cert: {{}} }}\n"
+    ))
+    .expect("loads: a warning only");
+    let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("warning[client-cert-without-client-auth]")
+            && w[0].contains("routes[0].plugins.client_cert"),
+        "{w:?}"
+    );
+}
+
+#[test]
 fn env_interpolation_errors_are_placed() {
     let e = errors(&format!(
         "{BASE}admin:\n  address: 127.0.0.1:1\n  token: ${{MISSING}}\n"

@@ -136,6 +136,7 @@ impl<'a> Validator<'a> {
             .collect();
         let global_plugins = plugin_confs("plugins", &raw.plugins);
         let routes = self.routes(&raw.routes, &index, &raw.plugins);
+        self.client_cert_without_client_auth(raw, &listeners);
         let runtime = self.runtime(&raw.runtime);
         let observability = self.observability(raw.observability.as_ref());
         let dns = self.dns(raw.dns.as_ref());
@@ -152,6 +153,34 @@ impl<'a> Validator<'a> {
             observability,
             dns,
         })
+    }
+
+    /// `client_cert` configured while no listener asks for client certificates: every request
+    /// of those routes would get 401.
+    fn client_cert_without_client_auth(&mut self, raw: &RawConfig, listeners: &[Listener]) {
+        let mtls = listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
+        if mtls {
+            return;
+        }
+        let mut places = Vec::new();
+        if raw.plugins.contains_key("client_cert") {
+            places.push("plugins.client_cert".to_owned());
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            if r.plugins.contains_key("client_cert") {
+                places.push(format!("routes[{i}].plugins.client_cert"));
+            }
+        }
+        for path in places {
+            self.lint(
+                Severity::Warning,
+                "client-cert-without-client-auth",
+                path,
+                "no listener asks for client certificates (`tls.client_auth`): this plugin will answer 401 to every request".into(),
+            );
+        }
     }
 
     fn dns(&mut self, raw: Option<&RawDns>) -> Dns {
@@ -288,9 +317,34 @@ impl<'a> Validator<'a> {
                 TlsVersion::Tls12
             }
         };
+        let client_auth = t.client_auth.as_ref().map(|c| {
+            let field = format!("{p}.tls.client_auth");
+            let mode = match c.mode.as_deref() {
+                None | Some("require") => ClientAuthMode::Require,
+                Some("optional") => ClientAuthMode::Optional,
+                Some(m) => {
+                    self.err(
+                        format!("{field}.mode"),
+                        format!("unknown mode `{m}`: use `require` or `optional`"),
+                    );
+                    ClientAuthMode::Require
+                }
+            };
+            ClientAuth {
+                ca: self.file(&format!("{field}.ca"), &c.ca),
+                mode,
+                crl: c
+                    .crl
+                    .as_ref()
+                    .map(|f| self.file(&format!("{field}.crl"), f)),
+                field,
+            }
+        });
         ListenerTls {
             certificates,
             min_version,
+            client_auth,
+            session_tickets: t.session_tickets.unwrap_or(true),
         }
     }
 

@@ -205,6 +205,37 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Checks the TLS files of every listener every [`crate::tls::FILE_POLL`] and swaps in a
+    /// new config for new connections when they changed (a certificate renewed, a CA added, a
+    /// CRL updated). Separate from the config file watch: these files change without the
+    /// config changing, and a bad one must not refuse the rest of the config.
+    pub async fn watch_tls_files(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(crate::tls::FILE_POLL).await;
+            let listeners: Vec<_> = self
+                .shared
+                .snapshot
+                .load()
+                .listeners
+                .values()
+                .filter_map(|l| l.tls.clone())
+                .collect();
+            if listeners.is_empty() {
+                continue;
+            }
+            let metrics = self.shared.metrics.clone();
+            // File metadata and reads block: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || {
+                for l in listeners {
+                    l.poll_files(&metrics);
+                }
+            })
+            .await;
+        }
+    }
+}
+
 /// Seconds since the Unix epoch of a time.
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

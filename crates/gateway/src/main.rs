@@ -216,6 +216,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
         tokio::spawn(control.clone().watch_file());
+        tokio::spawn(control.clone().watch_tls_files());
 
         loop {
             tokio::select! {

@@ -38,8 +38,12 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     /// Connections open now, by listener.
     pub open_connections: IntGaugeVec,
-    /// TLS handshakes failed, by listener.
+    /// TLS handshakes, by listener and result (`full`, `resumed`, `failed`).
+    pub tls_handshakes: IntCounterVec,
+    /// TLS handshakes failed, by listener and reason.
     pub tls_failures: IntCounterVec,
+    /// TLS files read again after they changed on disk, by listener and result.
+    pub tls_reloads: IntCounterVec,
     /// HTTP/1.1 request heads the parser refused before routing, by listener and status.
     pub refused_heads: IntCounterVec,
     /// Requests refused at the edge before routing (path, Host), by listener and reason.
@@ -203,11 +207,23 @@ impl Metrics {
             "Client connections open now, by listener.",
             &["listener"],
         );
+        let tls_handshakes = counter_vec(
+            &registry,
+            "portcullis_tls_handshakes_total",
+            "TLS handshakes, by listener and result: full, resumed (a session ticket or ID was accepted) or failed.",
+            &["listener", "result"],
+        );
         let tls_failures = counter_vec(
             &registry,
             "portcullis_tls_handshake_failures_total",
-            "TLS handshakes that failed, by listener.",
-            &["listener"],
+            "TLS handshakes that failed, by listener and reason (no_certificate, unknown_ca, expired, revoked, bad_certificate, timeout, other).",
+            &["listener", "reason"],
+        );
+        let tls_reloads = counter_vec(
+            &registry,
+            "portcullis_tls_reloads_total",
+            "TLS certificate, key, CA or CRL files read again after they changed on disk, by listener and result (ok, failed: the previous ones keep serving).",
+            &["listener", "result"],
         );
         let refused_heads = counter_vec(
             &registry,
@@ -240,7 +256,9 @@ impl Metrics {
             config_info,
             connections,
             open_connections,
+            tls_handshakes,
             tls_failures,
+            tls_reloads,
             refused_heads,
             refused_requests,
             refused_connections,
@@ -300,6 +318,7 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();
         render_upstreams(&mut out, snap);
+        render_certificates(&mut out, snap);
         render_slos(&mut out, snap);
         portcullis_plugins::metrics::render(&mut out);
         if let Some(t) = &snap.tracer {
@@ -527,6 +546,36 @@ fn render_upstreams(out: &mut String, snap: &Snapshot) {
                     kind.reason()
                 );
             }
+        }
+    }
+}
+
+/// Seconds until each served certificate expires (negative once it has), read at scrape time.
+fn render_certificates(out: &mut String, snap: &Snapshot) {
+    let mut listeners: Vec<_> = snap
+        .listeners
+        .values()
+        .filter_map(|l| l.tls.as_ref().map(|t| (&*l.name, t)))
+        .collect();
+    if listeners.is_empty() {
+        return;
+    }
+    listeners.sort_by_key(|(n, _)| *n);
+    let name = "portcullis_tls_certificate_expiry_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds until a served certificate expires (negative once expired), by listener and certificate file.\n# TYPE {name} gauge"
+    );
+    let now = crate::control::unix_seconds(std::time::SystemTime::now()) as i64;
+    for (listener, tls) in listeners {
+        for c in tls.served() {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{}\",certificate=\"{}\"}} {}",
+                escape(listener),
+                escape(&c.file.display().to_string()),
+                c.not_after - now
+            );
         }
     }
 }

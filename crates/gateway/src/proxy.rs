@@ -62,6 +62,7 @@ pub async fn handle(
         attempts: 0,
         error: None,
         consumer: None,
+        client_cert: None,
         status: 0,
         bytes_in: req
             .headers()
@@ -90,6 +91,9 @@ pub async fn handle(
         let (resp, ctx) = Box::pin(serve(req, &conn, &snap, &mut rec)).await;
         if let Some(ctx) = ctx {
             rec.consumer = ctx.consumer;
+            if ctx.client_cert_authenticated {
+                rec.client_cert = ctx.client_cert;
+            }
         }
         resp
     };
@@ -167,8 +171,13 @@ async fn serve(
     let idx = *hit.value;
     rec.route = Some(idx);
     let route = &snap.routes[idx];
+    // Identity headers come from verified certificates only, whatever the route.
+    for h in &snap.reserved_headers {
+        parts.headers.remove(h);
+    }
     let mut ctx = RequestCtx::new(rid, client_ip, conn.listener.name.clone());
     ctx.route = route.name.clone();
+    ctx.client_cert.clone_from(&conn.client_cert);
 
     for p in &route.plugins {
         let step = p.on_request(&mut ctx, &mut parts);

@@ -25,6 +25,8 @@ use crate::errors::GatewayError;
 use crate::framing::FramingWatch;
 use crate::snapshot::ListenerRuntime;
 use crate::state::{ConnInfo, ConnState, Shared};
+use crate::tls::Failure;
+use portcullis_plugins::ClientIdentity;
 
 /// A bound listener and the switch that stops its accept loop.
 struct Running {
@@ -271,33 +273,38 @@ async fn serve_conn(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = rt.limits.clone();
-    let (io, h2_only, tls) = match &rt.tls {
-        None => (ServerIo::Plain(stream), None, false),
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+    let (io, h2_only, client_cert) = match &rt.tls {
+        None => (ServerIo::Plain(stream), None, None),
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             // Boxed: the handshake's state is large and only needed for the first moments of
             // a connection; inline, every connection's task would carry it for its whole life.
             let handshake = Box::pin(acceptor.accept(stream));
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(s)) => {
-                    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                    (ServerIo::Tls(Box::new(s)), Some(h2), true)
+                    let conn = s.get_ref().1;
+                    let h2 = conn.alpn_protocol() == Some(b"h2");
+                    tls.counters.completed(conn.handshake_kind());
+                    let client_cert = conn
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|der| match ClientIdentity::from_der(der) {
+                            Ok(id) => Some(Arc::new(id)),
+                            Err(e) => {
+                                warn!(listener = %rt.name, %peer, error = %e, "verified client certificate cannot be read; treated as absent");
+                                None
+                            }
+                        });
+                    (ServerIo::Tls(Box::new(s)), Some(h2), client_cert)
                 }
                 Ok(Err(e)) => {
-                    shared
-                        .metrics
-                        .tls_failures
-                        .with_label_values(&[&rt.name])
-                        .inc();
-                    debug!(listener = %rt.name, %peer, error = %e, "TLS handshake failed");
+                    let why = Failure::of(&e);
+                    tls.counters.failed(why);
+                    debug!(listener = %rt.name, %peer, reason = why.label(), error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    shared
-                        .metrics
-                        .tls_failures
-                        .with_label_values(&[&rt.name])
-                        .inc();
+                    tls.counters.failed(Failure::Timeout);
                     debug!(listener = %rt.name, %peer, "TLS handshake timed out");
                     return;
                 }
@@ -307,7 +314,8 @@ async fn serve_conn(
     let mut stop = shared_stop(&shared);
     let info = Arc::new(ConnInfo {
         peer,
-        tls,
+        tls: h2_only.is_some(),
+        client_cert,
         listener: rt,
         state: ConnState::default(),
         shared,

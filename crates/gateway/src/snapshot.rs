@@ -59,8 +59,8 @@ pub struct RouteRuntime {
 pub struct ListenerRuntime {
     /// Name.
     pub name: Arc<str>,
-    /// TLS config when it terminates TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS state when it terminates TLS (kept across reloads while unchanged).
+    pub tls: Option<Arc<crate::tls::TlsListener>>,
     /// Limits.
     pub limits: Limits,
     /// Trusted proxy ranges.
@@ -84,6 +84,9 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
+    /// Headers plugins fill from verified data (`client_cert` identity headers): client-sent
+    /// copies are removed on every route, before any plugin runs.
+    pub reserved_headers: Vec<http::HeaderName>,
     /// The access log, when on.
     pub access_log: Option<Arc<crate::telemetry::AccessLogger>>,
     /// The tracer, when tracing is on.
@@ -108,16 +111,32 @@ impl Snapshot {
         let mut listeners = HashMap::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let tls = match &l.tls {
-                Some(t) => match crate::tls::server_config(t, &at) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        errors.push(e);
-                        None
+                Some(t) => {
+                    let field = format!("listeners[{i}].tls");
+                    let prev_tls = prev
+                        .and_then(|p| p.listeners.get(&l.name))
+                        .and_then(|p| p.tls.clone());
+                    match prev_tls {
+                        // Same settings, same files: the same state, sessions and all.
+                        Some(p) if p.serves(&field, t) => Some(p),
+                        p => match crate::tls::TlsListener::build(
+                            &l.name,
+                            &field,
+                            t,
+                            p.as_deref(),
+                            metrics,
+                            &at,
+                        ) {
+                            Ok(c) => Some(Arc::new(c)),
+                            Err(e) => {
+                                errors.push(e);
+                                None
+                            }
+                        },
                     }
-                },
+                }
                 None => None,
             };
-            let _ = i;
             listeners.insert(
                 l.name.clone(),
                 Arc::new(ListenerRuntime {
@@ -212,6 +231,17 @@ impl Snapshot {
             }
         }
 
+        let mut reserved_headers: Vec<http::HeaderName> = Vec::new();
+        let mut reserve = |p: &dyn Plugin| {
+            for h in p.reserved_headers() {
+                if !reserved_headers.contains(h) {
+                    reserved_headers.push(h.clone());
+                }
+            }
+        };
+        for p in global.values() {
+            reserve(&**p);
+        }
         let mut routes = Vec::new();
         for r in &config.routes {
             let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
@@ -233,6 +263,7 @@ impl Snapshot {
                     }
                 };
                 if let Some(i) = inst {
+                    reserve(&*i);
                     chain.push((prio, i));
                 }
             }
@@ -354,6 +385,7 @@ impl Snapshot {
             fingerprints,
             listeners,
             no_route,
+            reserved_headers,
             access_log,
             tracer,
             dns,

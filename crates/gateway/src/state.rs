@@ -104,6 +104,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client certificate the handshake verified (mTLS listeners), parsed once for the
+    /// connection's requests.
+    pub client_cert: Option<Arc<portcullis_plugins::ClientIdentity>>,
     /// The listener's settings at accept time.
     pub listener: Arc<ListenerRuntime>,
     /// Activity counters.

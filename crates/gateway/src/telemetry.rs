@@ -54,6 +54,8 @@ pub struct Record {
     pub error: Option<&'static str>,
     /// Authenticated consumer.
     pub consumer: Option<String>,
+    /// The client certificate `client_cert` admitted the request with.
+    pub client_cert: Option<Arc<portcullis_plugins::ClientIdentity>>,
     /// Status sent.
     pub status: u16,
     /// Request body bytes (Content-Length when known).
@@ -106,6 +108,7 @@ impl Record {
             attempts: 0,
             error: Some(error),
             consumer: None,
+            client_cert: None,
             status,
             bytes_in: 0,
             bytes_in_counter: None,
@@ -457,6 +460,9 @@ impl AccessLogger {
         }
         if field(&mut out, "consumer") {
             json_opt(&mut out, rec.consumer.as_deref());
+        }
+        if field(&mut out, "client_cert") {
+            json_opt(&mut out, rec.client_cert.as_ref().map(|c| c.subject()));
         }
         if field(&mut out, "listener") {
             json_str(&mut out, &rec.listener);

@@ -1073,6 +1073,7 @@ routes:
         "attempts",
         "error",
         "consumer",
+        "client_cert",
         "listener",
     ] {
         assert!(keys.contains(k), "field {k} missing: {l}");

@@ -302,20 +302,20 @@ async fn min_version_13_refuses_tls12_clients() {
     let (code, out, err) = code_of(https, &["--tlsv1.3"]);
     assert_eq!((code, out.as_str()), (0, "200"), "{err}");
 
-    // The refused handshake is counted.
-    let metrics = get(&gw.admin_url("/metrics")).await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    let failures = text
-        .lines()
-        .find(|l| {
-            l.starts_with("portcullis_tls_handshake_failures_total{") && l.contains("\"tls13\"")
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok());
+    // The refused handshake is counted, under the reason `other` (no shared version).
+    let text = metrics_text(&gw).await;
+    let failures = |reason: &str| {
+        metric_sum(
+            &text,
+            "portcullis_tls_handshake_failures_total",
+            &[("listener", "tls13"), ("reason", reason)],
+        )
+    };
     assert!(
-        failures.is_some_and(|n| n >= 1.0),
+        failures("other").is_some_and(|n| n >= 1.0),
         "no TLS failure counted for listener tls13:\n{text}"
     );
+    assert_eq!(failures("no_certificate"), Some(0.0), "{text}");
 }
 
 /// Runs `portcullis validate` on `yaml` in a dir holding the test certificates.

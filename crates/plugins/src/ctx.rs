@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderName, HeaderValue};
 
+use crate::client_cert::ClientIdentity;
+
 /// State of one request as it passes through the pipeline.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -18,6 +20,11 @@ pub struct RequestCtx {
     pub route: Arc<str>,
     /// The authenticated consumer or user, when a plugin identified one.
     pub consumer: Option<String>,
+    /// The client certificate the TLS handshake verified (mTLS listeners), if one was presented.
+    pub client_cert: Option<Arc<ClientIdentity>>,
+    /// Set when `client_cert` admitted the request on the strength of that certificate: the
+    /// access log then names its subject.
+    pub client_cert_authenticated: bool,
     /// Headers to add to the response to the client (e.g. rate limit state).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Typed per-request values plugins pass to each other or to later phases.
@@ -33,6 +40,8 @@ impl RequestCtx {
             listener,
             route: Arc::from(""),
             consumer: None,
+            client_cert: None,
+            client_cert_authenticated: false,
             response_headers: Vec::new(),
             extensions: Extensions::new(),
         }

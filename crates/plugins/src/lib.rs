@@ -23,6 +23,7 @@
 
 pub mod body;
 pub mod builtin;
+pub mod client_cert;
 pub mod cors;
 mod ctx;
 pub mod ip_restriction;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 
 pub use body::{BodyAccess, BodyEnd, BodyError, BodyTransform};
 use bytes::Bytes;
+pub use client_cert::ClientIdentity;
 pub use ctx::RequestCtx;
 pub use reply::Reply;
 
@@ -165,6 +167,13 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Option<Box<dyn BodyTransform>> {
         None
     }
+
+    /// Request headers this plugin fills from verified data (identity headers). The gateway
+    /// removes client-sent copies of them on every route, whether or not this plugin runs
+    /// there, so no client can choose their value.
+    fn reserved_headers(&self) -> &[http::HeaderName] {
+        &[]
+    }
 }
 
 impl std::fmt::Debug for dyn Plugin {
@@ -237,7 +246,8 @@ pub struct PluginSpec {
 }
 
 /// Every plugin the gateway knows, by config name. Order of execution is by priority (higher
-/// first), as in Kong: IP rules, then CORS preflights, then authentication, then rate limits.
+/// first), as in Kong: IP rules, then CORS preflights, then authentication (client certificates
+/// first), then rate limits.
 pub static REGISTRY: &[PluginSpec] = &[
     PluginSpec {
         name: "ip_restriction",
@@ -248,6 +258,11 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "cors",
         priority: 2000,
         build: cors::build,
+    },
+    PluginSpec {
+        name: "client_cert",
+        priority: 1600,
+        build: client_cert::build,
     },
     PluginSpec {
         name: "jwt",

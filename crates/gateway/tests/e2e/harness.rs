@@ -383,6 +383,40 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `openssl s_client -connect <addr>` with `args`, writing `input` to it and then
+/// closing its stdin (without `-ign_eof` it quits at that point; with it, it reads until the
+/// server closes). Returns the exit code and stdout and stderr together (the session summary,
+/// `New`/`Reused`, alerts).
+pub fn s_client(addr: SocketAddr, args: &[&str], input: &[u8]) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // s_client may be gone already (a refused handshake): a failed write is not an error.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl s_client");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Replaces `path` by writing a temporary file beside it and renaming it over (what
+/// deployment tools and Kubernetes do), so a reader never sees half a file.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over");
+}
+
 /// A running in-process upstream server.
 pub struct Upstream {
     /// Its address.
