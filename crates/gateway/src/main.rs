@@ -1,4 +1,4 @@
-//! The `portcullis` binary: `run`, `validate`, `echo`, `version`.
+//! The `portcullis` binary: `run`, `validate`, `echo`, `version`, `config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,9 +13,11 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod body;
+mod config_cli;
 mod control;
 mod echo;
 mod errors;
+mod fleet;
 mod framing;
 mod logging;
 mod metrics;
@@ -70,6 +72,11 @@ enum Cmd {
     },
     /// Print version and build info.
     Version,
+    /// Manage the shared config of a fleet in etcd: push, diff, pull, history, rollback.
+    Config {
+        #[command(subcommand)]
+        cmd: config_cli::ConfigCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => run(config),
         Cmd::Validate { config } => return validate(&config),
         Cmd::Echo { listen } => echo_main(listen),
+        Cmd::Config { cmd } => return config_cli::main(cmd),
         Cmd::Version => {
             println!(
                 "portcullis {} ({} {}, rustls with ring)",

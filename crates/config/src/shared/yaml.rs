@@ -43,7 +43,9 @@ fn block_list(out: &mut String, a: &[Value], level: usize) {
             Value::Object(m) if !m.is_empty() => {
                 // `- first: x` then the other keys aligned under it.
                 let mut first = true;
-                for (k, inner) in m {
+                // `name` first: it is what a reader looks for in a list of objects.
+                let named = m.get_key_value("name").into_iter();
+                for (k, inner) in named.chain(m.iter().filter(|(k, _)| *k != "name")) {
                     if first {
                         out.push(' ');
                         first = false;
