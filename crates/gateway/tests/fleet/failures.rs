@@ -22,7 +22,7 @@ async fn invalid_changes_are_refused_and_the_old_config_keeps_serving() {
     let (code, out, err) = push(&etcd, &bad, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains("shared.yaml:9:5: routes[1].upstream"),
+        err.contains("shared.yaml:10:5: routes[1].upstream"),
         "{err}"
     );
     assert_eq!(etcd.ctl(&["get", "/fleet/generation", "--print-value-only"]).1.trim(), "1");

@@ -119,7 +119,7 @@ fn a_node_file_may_not_define_what_the_store_holds() {
     let (code, _, err) = validate(&yaml);
     assert_eq!(code, 1);
     assert!(
-        err.contains("gw.yaml:12:1: routes: `routes` comes from etcd"),
+        err.contains("gw.yaml:11:1: routes: `routes` comes from etcd"),
         "{err}"
     );
     let (code, out, err) = validate(&node_yaml("http://127.0.0.1:2379", ""));
