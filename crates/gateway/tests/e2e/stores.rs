@@ -154,7 +154,12 @@ impl RedisCluster {
             children.push(
                 Command::new("redis-server")
                     .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
                     .args(["--save", "", "--appendonly", "no"])
                     .arg("--dir")
                     .arg(&d)
@@ -170,7 +175,9 @@ impl RedisCluster {
             dir,
         };
         for p in &c.ports {
-            wait_until(Duration::from_secs(10), || c.cli(*p, &["ping"]).trim() == "PONG");
+            wait_until(Duration::from_secs(10), || {
+                c.cli(*p, &["ping"]).trim() == "PONG"
+            });
         }
         let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut args = vec!["--cluster", "create"];
@@ -216,7 +223,11 @@ impl RedisCluster {
     pub fn keys_per_master(&self, pattern: &str) -> Vec<usize> {
         self.ports
             .iter()
-            .map(|p| self.cli(*p, &["--scan", "--pattern", pattern]).lines().count())
+            .map(|p| {
+                self.cli(*p, &["--scan", "--pattern", pattern])
+                    .lines()
+                    .count()
+            })
             .collect()
     }
 }
@@ -313,5 +324,86 @@ impl CutProxy {
 impl Drop for CutProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One Redis master watched by one Redis Sentinel (`redis-server --sentinel`), as master `mymaster`.
+pub struct RedisSentinel {
+    children: Vec<Child>,
+    /// The master's port.
+    pub master_port: u16,
+    /// The sentinel's port.
+    pub sentinel_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts the master and the sentinel; waits until the sentinel knows the master.
+    pub fn start() -> RedisSentinel {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (master_port, sentinel_port) = (free_port(), free_port());
+        let master = Command::new("redis-server")
+            .args(["--port", &master_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let s = RedisSentinel {
+            children: vec![master, sentinel],
+            master_port,
+            sentinel_port,
+            dir,
+        };
+        wait_until(Duration::from_secs(10), || {
+            s.cli(
+                sentinel_port,
+                &["sentinel", "get-master-addr-by-name", "mymaster"],
+            )
+            .contains(&master_port.to_string())
+        });
+        s
+    }
+
+    /// `redis://127.0.0.1:PORT` of the sentinel.
+    pub fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel_port)
+    }
+
+    /// `redis-cli -p PORT ARGS...` output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

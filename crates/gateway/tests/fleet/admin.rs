@@ -26,10 +26,18 @@ async fn admin_writes_are_validated_and_honour_if_match() {
     push_ok(&etcd, &shared("v1", "127.0.0.1:9"), &[]);
     let gw = Gateway::start(&node_yaml(&etcd.url(), ""));
     assert!(all_serve(&[&gw], "/hello", "v1", Duration::from_secs(10)).await);
-    let route = json!({"match": {"path": "/new"}, "direct_response": {"status": 200, "body": "new"}}).to_string();
+    let route =
+        json!({"match": {"path": "/new"}, "direct_response": {"status": 200, "body": "new"}})
+            .to_string();
 
     // Stale If-Match: 412 with the current generation.
-    let got = call("PUT", &gw.admin_url("/admin/routes/new"), &[("if-match", "0")], &route).await;
+    let got = call(
+        "PUT",
+        &gw.admin_url("/admin/routes/new"),
+        &[("if-match", "0")],
+        &route,
+    )
+    .await;
     assert_eq!(got.status, 412, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.header("etag"), Some("\"1\""));
     assert_eq!(got.json()["error"]["code"], "stale_generation");
@@ -55,22 +63,42 @@ async fn admin_writes_are_validated_and_honour_if_match() {
     let bad = json!({"match": {"path": "/bad"}, "upstream": "nowhere"}).to_string();
     let got = call("PUT", &gw.admin_url("/admin/routes/bad"), &[], &bad).await;
     assert_eq!(got.status, 422);
-    assert!(got.json()["problems"][0].as_str().is_some_and(|p| p.contains("etcd:/fleet/routes/bad")), "{}", got.json());
+    assert!(
+        got.json()["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("etcd:/fleet/routes/bad")),
+        "{}",
+        got.json()
+    );
     // Deleting an upstream a route uses: refused too.
     let got = call("DELETE", &gw.admin_url("/admin/upstreams/app"), &[], "").await;
     assert_eq!(got.status, 422);
     // Deleting the route: fine.
-    let got = call("DELETE", &gw.admin_url("/admin/routes/new"), &[("if-match", "2")], "").await;
+    let got = call(
+        "DELETE",
+        &gw.admin_url("/admin/routes/new"),
+        &[("if-match", "2")],
+        "",
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert!(
         eventually(Duration::from_secs(5), async || {
-            body(&gw.url("/new")).await.is_some_and(|b| b.contains("no_route"))
+            body(&gw.url("/new"))
+                .await
+                .is_some_and(|b| b.contains("no_route"))
         })
         .await
     );
     // Secrets in objects are never shown: a plugin with a key.
     let plugin = json!({"consumers": [{"name": "team", "key": "s3cr3t-key"}]}).to_string();
-    let got = call("PUT", &gw.admin_url("/admin/plugins/key_auth"), &[], &plugin).await;
+    let got = call(
+        "PUT",
+        &gw.admin_url("/admin/plugins/key_auth"),
+        &[],
+        &plugin,
+    )
+    .await;
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     let entry = eventually(Duration::from_secs(5), async || {
         get(&gw.admin_url("/admin/config/history")).await.json()["entries"][0]["generation"] == 4
@@ -92,7 +120,12 @@ async fn without_etcd_writes_are_409_and_the_file_history_names_the_git_author()
         let ok = Command::new("git")
             .arg("-C")
             .arg(dir.path())
-            .args(["-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.com"])
+            .args([
+                "-c",
+                "user.name=Ada Lovelace",
+                "-c",
+                "user.email=ada@example.com",
+            ])
             .args(args)
             .output()
             .expect("git")
@@ -166,12 +199,8 @@ async fn a_push_that_breaks_a_route_is_named_as_suspect_change() {
             .expect("response")
     })
     .await;
-    let with_slo = |target: &str| {
-        format!(
-            "{}    slo: {{ success_rate: 99.0 }}\n",
-            shared("v", target)
-        )
-    };
+    let with_slo =
+        |target: &str| format!("{}    slo: {{ success_rate: 99.0 }}\n", shared("v", target));
     push_ok(&etcd, &with_slo(&good.address()), &[]);
     let gw = Gateway::start(&node_yaml(&etcd.url(), ""));
     assert!(all_serve(&[&gw], "/hello", "v", Duration::from_secs(10)).await);
@@ -181,7 +210,11 @@ async fn a_push_that_breaks_a_route_is_named_as_suspect_change() {
     let slo = get(&gw.admin_url("/admin/slo")).await.json();
     assert!(slo["routes"][0].get("suspect_change").is_none(), "{slo}");
 
-    push_ok(&etcd, &with_slo(&failing.address()), &["--author", "mallory", "--message", "move app"]);
+    push_ok(
+        &etcd,
+        &with_slo(&failing.address()),
+        &["--author", "mallory", "--message", "move app"],
+    );
     let moved = eventually(Duration::from_secs(5), async || {
         get(&gw.url("/app/x")).await.status == 500
     })
@@ -196,9 +229,16 @@ async fn a_push_that_breaks_a_route_is_named_as_suspect_change() {
     assert_eq!(s["author"], "mallory");
     assert_eq!(s["message"], "move app");
     assert_eq!(s["changes"][0], "~upstream app");
-    assert!(s["error_rate_after"].as_f64().is_some_and(|r| r > 0.5), "{slo}");
+    assert!(
+        s["error_rate_after"].as_f64().is_some_and(|r| r > 0.5),
+        "{slo}"
+    );
     assert!(gw.wait_for_log("suspect change", Duration::from_secs(2)));
     get(&gw.admin_url("/admin/slo")).await;
-    let once = gw.log_lines().iter().filter(|l| l.contains("suspect change")).count();
+    let once = gw
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("suspect change"))
+        .count();
     assert_eq!(once, 1);
 }

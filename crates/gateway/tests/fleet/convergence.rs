@@ -70,14 +70,18 @@ async fn three_nodes_serve_a_push_within_a_second() {
     );
 
     // History: who pushed what, per node.
-    let h = get(&nodes[1].admin_url("/admin/config/history")).await.json();
+    let h = get(&nodes[1].admin_url("/admin/config/history"))
+        .await
+        .json();
     let top = &h["entries"][0];
     assert_eq!(top["generation"], 4);
     assert_eq!(top["author"], "ci-bot");
     assert_eq!(top["message"], "v4");
     assert_eq!(top["via"], "push");
     assert_eq!(top["changes"][0], "~route hello");
-    let one = get(&nodes[1].admin_url("/admin/config/history/4")).await.json();
+    let one = get(&nodes[1].admin_url("/admin/config/history/4"))
+        .await
+        .json();
     assert!(
         one["diff_text"]
             .as_str()
@@ -86,7 +90,8 @@ async fn three_nodes_serve_a_push_within_a_second() {
     );
 
     // The cache holds the last good shared config.
-    let cache = std::fs::read_to_string(nodes[2].dir.path().join("shared-cache.yaml")).expect("cache");
+    let cache =
+        std::fs::read_to_string(nodes[2].dir.path().join("shared-cache.yaml")).expect("cache");
     assert!(cache.contains("\"v4\""), "{cache}");
 }
 
@@ -108,7 +113,11 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let r = client
-                    .request(req("GET", &url).body(http_body_util::Full::default()).expect("req"))
+                    .request(
+                        req("GET", &url)
+                            .body(http_body_util::Full::default())
+                            .expect("req"),
+                    )
                     .await;
                 match r {
                     Ok(resp) if resp.status() == 200 => {
@@ -144,7 +153,8 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
         t.await.expect("load task");
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    let reloads = metric(&gw, "portcullis_config_reloads_total", &[("result", "ok")]).await - reloads_before;
+    let reloads =
+        metric(&gw, "portcullis_config_reloads_total", &[("result", "ok")]).await - reloads_before;
     eprintln!("100 pushes under load: {ok} requests ok, {failed} failed, {reloads} reloads");
     assert_eq!(failed, 0);
     assert!(ok > 200, "too little load: {ok}");
@@ -171,7 +181,10 @@ async fn a_push_of_200_objects_is_one_reload_per_node() {
         yaml.push_str(&format!(
             "  - name: r{i}\n    match: {{ path: /r/{i} }}\n    upstream: u{i}\n"
         ));
-        ups.push_str(&format!("  u{i}:\n    targets: [{{ address: \"127.0.0.1:{}\" }}]\n", 10000 + i));
+        ups.push_str(&format!(
+            "  u{i}:\n    targets: [{{ address: \"127.0.0.1:{}\" }}]\n",
+            10000 + i
+        ));
     }
     let yaml = yaml.replacen("upstreams:\n", &format!("upstreams:\n{ups}"), 1);
     let (code, out, err) = push(&etcd, &yaml, &[]);

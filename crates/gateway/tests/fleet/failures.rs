@@ -25,7 +25,12 @@ async fn invalid_changes_are_refused_and_the_old_config_keeps_serving() {
         err.contains("shared.yaml:10:5: routes[1].upstream"),
         "{err}"
     );
-    assert_eq!(etcd.ctl(&["get", "/fleet/generation", "--print-value-only"]).1.trim(), "1");
+    assert_eq!(
+        etcd.ctl(&["get", "/fleet/generation", "--print-value-only"])
+            .1
+            .trim(),
+        "1"
+    );
 
     // An invalid object written straight into etcd: every node refuses it, counts it, shows
     // it, and keeps serving the last good config.
@@ -37,15 +42,27 @@ async fn invalid_changes_are_refused_and_the_old_config_keeps_serving() {
     assert_eq!(code, 0, "{err}");
     for n in &nodes {
         let refused = eventually(Duration::from_secs(5), async || {
-            metric(n, "portcullis_config_changes_rejected_total", &[("reason", "invalid")]).await >= 1.0
+            metric(
+                n,
+                "portcullis_config_changes_rejected_total",
+                &[("reason", "invalid")],
+            )
+            .await
+                >= 1.0
         })
         .await;
         assert!(refused, "{}", n.logs());
-        assert!(n.logs().contains("etcd:/fleet/routes/broken"), "{}", n.logs());
+        assert!(
+            n.logs().contains("etcd:/fleet/routes/broken"),
+            "{}",
+            n.logs()
+        );
         assert_eq!(body(&n.url("/hello")).await.as_deref(), Some("v1"));
         let cfg = get(&n.admin_url("/admin/config")).await.json();
         assert!(
-            cfg["etcd"]["rejected"].as_str().is_some_and(|r| r.contains("routes/broken")),
+            cfg["etcd"]["rejected"]
+                .as_str()
+                .is_some_and(|r| r.contains("routes/broken")),
             "{cfg}"
         );
         assert_eq!(get(&n.admin_url("/readyz")).await.status, 200);
@@ -54,7 +71,13 @@ async fn invalid_changes_are_refused_and_the_old_config_keeps_serving() {
     etcd.ctl(&["put", "/fleet/upstreams/junk", "{not json"]);
     for n in &nodes {
         let refused = eventually(Duration::from_secs(5), async || {
-            metric(n, "portcullis_config_changes_rejected_total", &[("reason", "undecodable")]).await >= 1.0
+            metric(
+                n,
+                "portcullis_config_changes_rejected_total",
+                &[("reason", "undecodable")],
+            )
+            .await
+                >= 1.0
         })
         .await;
         assert!(refused);
@@ -63,7 +86,12 @@ async fn invalid_changes_are_refused_and_the_old_config_keeps_serving() {
     // A push (with --prune) repairs the store, and every node follows.
     push_ok(&etcd, &shared("v3", "127.0.0.1:9"), &["--prune"]);
     assert!(all_serve(&refs, "/hello", "v3", Duration::from_secs(5)).await);
-    assert_eq!(body(&nodes[0].url("/broken")).await.map(|b| b.contains("no_route")), Some(true));
+    assert_eq!(
+        body(&nodes[0].url("/broken"))
+            .await
+            .map(|b| b.contains("no_route")),
+        Some(true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,7 +148,15 @@ async fn compaction_past_a_disconnected_node_converges() {
     let proxy = CutProxy::start(target).await;
     let cut_off = Gateway::start(&node_yaml(&proxy.url(), ""));
     let direct = Gateway::start(&node_yaml(&etcd.url(), ""));
-    assert!(all_serve(&[&cut_off, &direct], "/hello", "v1", Duration::from_secs(10)).await);
+    assert!(
+        all_serve(
+            &[&cut_off, &direct],
+            "/hello",
+            "v1",
+            Duration::from_secs(10)
+        )
+        .await
+    );
 
     proxy.cut();
     for i in 2..=4 {
@@ -131,7 +167,12 @@ async fn compaction_past_a_disconnected_node_converges() {
     etcd.compact();
     proxy.restore();
     assert!(all_serve(&[&cut_off], "/hello", "v4", Duration::from_secs(15)).await);
-    let compacted = metric(&cut_off, "portcullis_config_resyncs_total", &[("reason", "compacted")]).await;
+    let compacted = metric(
+        &cut_off,
+        "portcullis_config_resyncs_total",
+        &[("reason", "compacted")],
+    )
+    .await;
     assert_eq!(compacted, 1.0, "{}", cut_off.logs());
 }
 
@@ -149,7 +190,10 @@ async fn a_node_starting_while_etcd_is_down_uses_the_cache_or_waits() {
     let with_cache = Gateway::start_with(&node_yaml(&etcd.url(), ""), |d| {
         std::fs::write(d.join("shared-cache.yaml"), &cache).expect("write cache");
     });
-    assert_eq!(body(&with_cache.url("/hello")).await.as_deref(), Some("cached"));
+    assert_eq!(
+        body(&with_cache.url("/hello")).await.as_deref(),
+        Some("cached")
+    );
     assert_eq!(get(&with_cache.admin_url("/readyz")).await.status, 200);
 
     // Without: not ready until etcd answers, then serves the store's config.
@@ -161,5 +205,8 @@ async fn a_node_starting_while_etcd_is_down_uses_the_cache_or_waits() {
     })
     .await;
     assert!(ready, "{}", without.logs());
-    assert_eq!(body(&without.url("/hello")).await.as_deref(), Some("cached"));
+    assert_eq!(
+        body(&without.url("/hello")).await.as_deref(),
+        Some("cached")
+    );
 }

@@ -28,7 +28,9 @@ fn diff_exit_codes_pull_push_noop_and_prune() {
     assert!(out.contains("0 added, 1 changed, 0 removed"), "{out}");
     // Invalid input and an unreachable store: 1.
     assert_eq!(diff(&etcd, "routes: 7\n").0, 1);
-    let (code, _, err) = with_file(&v1, |f| config_cmd("http://127.0.0.1:1", &["diff", "-c", f]));
+    let (code, _, err) = with_file(&v1, |f| {
+        config_cmd("http://127.0.0.1:1", &["diff", "-c", f])
+    });
     assert_eq!(code, 1, "{err}");
 
     // pull | push is a no-op.
@@ -48,41 +50,90 @@ fn diff_exit_codes_pull_push_noop_and_prune() {
     push_ok(&etcd, &extra, &[]);
     let (code, out, _) = push(&etcd, &v1, &[]);
     assert_eq!(code, 0);
-    assert!(out.contains("route extra: only in the store, kept (--prune removes it)"), "{out}");
-    assert_eq!(etcd.ctl(&["get", "/fleet/routes/extra", "--print-value-only"]).1.is_empty(), false);
+    assert!(
+        out.contains("route extra: only in the store, kept (--prune removes it)"),
+        "{out}"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "/fleet/routes/extra", "--print-value-only"])
+            .1
+            .is_empty(),
+        false
+    );
     let (code, out, _) = push(&etcd, &v1, &["--prune", "--dry-run"]);
     assert_eq!(code, 0);
-    assert!(out.contains("- route extra: removed") && out.contains("dry run"), "{out}");
-    assert!(!etcd.ctl(&["get", "/fleet/routes/extra", "--print-value-only"]).1.is_empty());
+    assert!(
+        out.contains("- route extra: removed") && out.contains("dry run"),
+        "{out}"
+    );
+    assert!(
+        !etcd
+            .ctl(&["get", "/fleet/routes/extra", "--print-value-only"])
+            .1
+            .is_empty()
+    );
     push_ok(&etcd, &v1, &["--prune"]);
-    assert!(etcd.ctl(&["get", "/fleet/routes/extra", "--print-value-only"]).1.trim().is_empty());
+    assert!(
+        etcd.ctl(&["get", "/fleet/routes/extra", "--print-value-only"])
+            .1
+            .trim()
+            .is_empty()
+    );
     assert_eq!(diff(&etcd, &v1).0, 0);
 }
 
 #[test]
 fn compare_and_swap_history_and_rollback() {
     let etcd = Etcd::start();
-    push_ok(&etcd, &shared("v1", "127.0.0.1:9"), &["--author", "alice", "--message", "first"]);
-    push_ok(&etcd, &shared("v2", "127.0.0.1:9"), &["--message", "second"]);
+    push_ok(
+        &etcd,
+        &shared("v1", "127.0.0.1:9"),
+        &["--author", "alice", "--message", "first"],
+    );
+    push_ok(
+        &etcd,
+        &shared("v2", "127.0.0.1:9"),
+        &["--message", "second"],
+    );
     // A diff reviewed at generation 2; someone pushes meanwhile; the reviewed push is refused.
     push_ok(&etcd, &shared("v3", "127.0.0.1:9"), &[]);
-    let (code, _, err) = push(&etcd, &shared("v4", "127.0.0.1:9"), &["--if-generation", "2"]);
+    let (code, _, err) = push(
+        &etcd,
+        &shared("v4", "127.0.0.1:9"),
+        &["--if-generation", "2"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("at generation 3, not 2"), "{err}");
-    push_ok(&etcd, &shared("v4", "127.0.0.1:9"), &["--if-generation", "3"]);
+    push_ok(
+        &etcd,
+        &shared("v4", "127.0.0.1:9"),
+        &["--if-generation", "3"],
+    );
 
     let (code, out, _) = config_cmd(&etcd.url(), &["history"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with("        ")).collect();
     assert_eq!(lines.len(), 4, "{out}");
-    assert!(lines[0].trim_start().starts_with("4 ") && lines[0].contains("ci-bot"), "{out}");
-    assert!(lines[3].contains("alice") && lines[3].contains("— first"), "{out}");
+    assert!(
+        lines[0].trim_start().starts_with("4 ") && lines[0].contains("ci-bot"),
+        "{out}"
+    );
+    assert!(
+        lines[3].contains("alice") && lines[3].contains("— first"),
+        "{out}"
+    );
     assert!(out.contains("~route hello"), "{out}");
 
     // Rollback writes generation 1 back as generation 5.
-    let (code, out, err) = config_cmd(&etcd.url(), &["rollback", "--to", "1", "--author", "oncall"]);
+    let (code, out, err) = config_cmd(
+        &etcd.url(),
+        &["rollback", "--to", "1", "--author", "oncall"],
+    );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("rolled back to generation 1 as generation 5"), "{out}");
+    assert!(
+        out.contains("rolled back to generation 1 as generation 5"),
+        "{out}"
+    );
     assert_eq!(diff(&etcd, &shared("v1", "127.0.0.1:9")).0, 0);
     let (_, out, _) = config_cmd(&etcd.url(), &["history", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -101,12 +152,26 @@ async fn a_rollback_reaches_the_nodes_with_its_author() {
     push_ok(&etcd, &shared("bad", "127.0.0.1:9"), &[]);
     let gw = Gateway::start(&node_yaml(&etcd.url(), ""));
     assert!(all_serve(&[&gw], "/hello", "bad", Duration::from_secs(10)).await);
-    let (code, out, err) = config_cmd(&etcd.url(), &["rollback", "--to", "1", "--author", "oncall", "-m", "bad deploy"]);
+    let (code, out, err) = config_cmd(
+        &etcd.url(),
+        &[
+            "rollback",
+            "--to",
+            "1",
+            "--author",
+            "oncall",
+            "-m",
+            "bad deploy",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(all_serve(&[&gw], "/hello", "good", Duration::from_secs(5)).await);
     let h = get(&gw.admin_url("/admin/config/history")).await.json();
     assert_eq!(h["entries"][0]["author"], "oncall");
-    assert_eq!(h["entries"][0]["message"], "rollback to generation 1: bad deploy");
+    assert_eq!(
+        h["entries"][0]["message"],
+        "rollback to generation 1: bad deploy"
+    );
     assert_eq!(h["entries"][0]["generation"], 3);
 }
 
