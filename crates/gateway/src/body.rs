@@ -9,6 +9,72 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use portcullis_client::{BoxError, ResponseBody};
+use portcullis_plugins::BodyTransform;
+use portcullis_plugins::body::{chain_data, chain_end};
+
+/// Plugins' stream transforms of one body, with where the body's end stands.
+pub struct Transform {
+    chain: Vec<Box<dyn BodyTransform>>,
+    done: bool,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Transform({} stages)", self.chain.len())
+    }
+}
+
+impl Transform {
+    /// Transforms applied in order.
+    pub fn new(chain: Vec<Box<dyn BodyTransform>>) -> Self {
+        Self {
+            chain,
+            done: false,
+            trailers: None,
+        }
+    }
+
+    /// Polls `inner` and passes its frames through the chain: data chunk by chunk (empty
+    /// outputs are held back, not sent), then the end with the trailers.
+    fn poll<B>(
+        &mut self,
+        mut inner: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B: Body<Data = Bytes, Error = BoxError>,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let trailers = match inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) => match chain_data(&mut self.chain, d) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    },
+                    Err(frame) => frame.into_trailers().ok(),
+                },
+                Poll::Ready(None) => None,
+            };
+            self.done = true;
+            match chain_end(&mut self.chain, trailers) {
+                Ok(end) => {
+                    self.trailers = end.trailers;
+                    if let Some(d) = end.data {
+                        return Poll::Ready(Some(Ok(Frame::data(d))));
+                    }
+                }
+                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+            }
+        }
+    }
+}
 
 /// The request body exceeded `max_body_bytes` while streaming.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +103,8 @@ pub enum ReqBody {
         /// Bytes passed so far, when someone counts them (a body without Content-Length).
         counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     },
+    /// A body passed through plugins' stream transforms (never replayed).
+    Transformed(Box<ReqBody>, Transform),
 }
 
 impl ReqBody {
@@ -94,6 +162,7 @@ impl Body for ReqBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            ReqBody::Transformed(inner, t) => t.poll(Pin::new(inner.as_mut()), cx),
         }
     }
 
@@ -102,6 +171,7 @@ impl Body for ReqBody {
             ReqBody::Empty => true,
             ReqBody::Buffered(b, _) => b.is_none(),
             ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+            ReqBody::Transformed(_, t) => t.done && t.trailers.is_none(),
         }
     }
 
@@ -112,6 +182,7 @@ impl Body for ReqBody {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
             ReqBody::Stream { inner, .. } => inner.size_hint(),
+            ReqBody::Transformed(..) => SizeHint::default(),
         }
     }
 }
@@ -121,7 +192,7 @@ impl portcullis_client::ReplayBody for ReqBody {
         match self {
             ReqBody::Empty => Some(Bytes::new()),
             ReqBody::Buffered(_, all) => Some(all.clone()),
-            ReqBody::Stream { .. } => None,
+            ReqBody::Stream { .. } | ReqBody::Transformed(..) => None,
         }
     }
 
@@ -165,6 +236,10 @@ pin_project_lite::pin_project! {
         Upstream { #[pin] body: ResponseBody<ReqBody> },
         /// Made by the gateway; `None` once sent.
         Full { data: Option<Bytes> },
+        /// Read whole for a plugin's body phase, then sent with its trailers.
+        Buffered { data: Option<Bytes>, trailers: Option<http::HeaderMap> },
+        /// Passed through plugins' stream transforms.
+        Transformed { inner: Pin<Box<RespBody>>, t: Transform },
     }
 }
 
@@ -196,6 +271,11 @@ impl Body for RespBody {
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             RespBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RespBodyProj::Buffered { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+            RespBodyProj::Transformed { inner, t } => t.poll(inner.as_mut(), cx),
         }
     }
 
@@ -203,6 +283,8 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { body } => body.is_end_stream(),
             RespBody::Full { data } => data.is_none(),
+            RespBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RespBody::Transformed { t, .. } => t.done && t.trailers.is_none(),
         }
     }
 
@@ -212,6 +294,71 @@ impl Body for RespBody {
             RespBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            RespBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RespBody::Transformed { .. } => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use portcullis_plugins::{BodyEnd, BodyError};
+
+    /// Reverses each chunk and appends a trailer count of chunks.
+    struct Rev(u32);
+
+    impl BodyTransform for Rev {
+        fn data(&mut self, chunk: Bytes) -> Result<Bytes, BodyError> {
+            self.0 += 1;
+            if chunk.as_ref() == b"bad" {
+                return Err(BodyError("bad chunk".into()));
+            }
+            Ok(chunk.iter().rev().copied().collect::<Vec<u8>>().into())
+        }
+        fn end(&mut self, trailers: Option<http::HeaderMap>) -> Result<BodyEnd, BodyError> {
+            let mut t = trailers.unwrap_or_default();
+            t.insert("x-chunks", self.0.into());
+            Ok(BodyEnd {
+                data: Some(Bytes::from_static(b".")),
+                trailers: Some(t),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transform_sees_every_chunk_then_the_end_with_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let inner = RespBody::Buffered {
+            data: Some(Bytes::from_static(b"abc")),
+            trailers: Some(trailers),
+        };
+        let body = RespBody::Transformed {
+            inner: Box::pin(inner),
+            t: Transform::new(vec![Box::new(Rev(0))]),
+        };
+        let got = body.collect().await.expect("body");
+        let t = got.trailers().cloned().expect("trailers");
+        assert_eq!(t["grpc-status"], "0");
+        assert_eq!(t["x-chunks"], "1");
+        assert_eq!(got.to_bytes(), "cba.");
+    }
+
+    #[tokio::test]
+    async fn a_failing_transform_aborts_the_body() {
+        let inner = RespBody::Buffered {
+            data: Some(Bytes::from_static(b"bad")),
+            trailers: None,
+        };
+        let body = RespBody::Transformed {
+            inner: Box::pin(inner),
+            t: Transform::new(vec![Box::new(Rev(0))]),
+        };
+        let err = body.collect().await.expect_err("aborted");
+        assert!(err.to_string().contains("bad chunk"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ use crate::snapshot::{RouteAction, RouteRuntime, Snapshot};
 use crate::state::ConnInfo;
 use crate::telemetry::{ObservedBody, Record};
 
+mod bodies;
 mod edge;
 use edge::check_request;
 
@@ -226,6 +227,24 @@ async fn serve(
     }
     // The caller's trace context is replaced by ours for each try (see TraceHook).
     parts.headers.remove(&crate::otel::TRACEPARENT);
+    // Body phases, only on routes with a plugin that has them; boxed so that the common
+    // path's future does not carry their state.
+    let mut incoming = Some(body);
+    let mut prepared = None;
+    if route.bodies && !websocket {
+        let phase = bodies::request(
+            &mut incoming,
+            &mut parts,
+            route,
+            &mut ctx,
+            limits.max_body_bytes,
+            rec,
+        );
+        match Box::pin(phase).await {
+            Ok(b) => prepared = b,
+            Err(answer) => return answer,
+        }
+    }
     let key = snap.hash_keys[up_idx]
         .as_ref()
         .map(|k| request_hash(k, &parts, client_ip));
@@ -234,9 +253,9 @@ async fn serve(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = if websocket {
-        ReqBody::Empty
-    } else {
+    let body = if let Some(b) = prepared {
+        b
+    } else if let (false, Some(body)) = (websocket, incoming) {
         match declared {
             // Small bodies of requests that may be sent twice are read first, so a retry or a
             // stale pooled connection can replay them.
@@ -262,6 +281,8 @@ async fn serve(
                 ReqBody::limited(body, limits.max_body_bytes, Some(counter))
             }
         }
+    } else {
+        ReqBody::Empty
     };
     let req = Request::from_parts(parts, body);
     let sent_at = Instant::now();
@@ -342,7 +363,12 @@ async fn serve(
     }
     strip_hop_by_hop(resp.headers_mut(), switched);
     let resp = resp.map(RespBody::upstream);
-    response_phase(resp, route, ctx)
+    match response_phase(resp, route, ctx) {
+        (resp, Some(ctx)) if route.bodies && !switched => {
+            Box::pin(bodies::response(resp, route, ctx, rec)).await
+        }
+        done => done,
+    }
 }
 
 /// Resolves a plugin phase; a phase that waited on I/O becomes a span of its own.

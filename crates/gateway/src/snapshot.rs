@@ -49,6 +49,8 @@ pub struct RouteRuntime {
     pub fallback: Option<DirectResponse>,
     /// Largest body buffered so the request can be replayed on another try.
     pub max_replay_body_bytes: u64,
+    /// Some plugin of the route has body phases: only then are plugins asked about bodies.
+    pub bodies: bool,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -266,11 +268,13 @@ impl Snapshot {
                     .map_or(64 * 1024, |rt| rt.max_replay_body_bytes),
                 _ => 64 * 1024,
             };
+            let bodies = plugins.iter().any(|p| p.has_body_phases());
             routes.push(RouteRuntime {
                 name: r.name.as_str().into(),
                 action,
                 rewrite: r.rewrite.clone(),
                 plugins,
+                bodies,
                 timeout: r.timeout,
                 fallback: r.fallback.clone(),
                 max_replay_body_bytes,

@@ -8,6 +8,10 @@
 //! 2. [`Plugin::on_upstream_request`] — the request about to be forwarded, after rewrites
 //!    (add headers derived from auth, etc.). May answer the request itself.
 //! 3. [`Plugin::on_response`] — the response head on its way to the client.
+//! 4. Body phases, only for plugins that have them ([`Plugin::has_body_phases`]): the request
+//!    body buffered ([`Plugin::on_request_body`]) or streamed through a transform
+//!    ([`Plugin::request_body_transform`]) before it is sent upstream, and the same for the
+//!    upstream's response body and trailers. See [`body`].
 //!
 //! Plugins run in a defined order: by [`PluginSpec::priority`] (higher first), like Kong. A
 //! phase that needs I/O returns [`Step::Pending`] with a future; one that does not returns
@@ -17,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod body;
 pub mod builtin;
 pub mod cors;
 mod ctx;
@@ -33,6 +38,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use body::{BodyAccess, BodyEnd, BodyError, BodyTransform};
+use bytes::Bytes;
 pub use ctx::RequestCtx;
 pub use reply::Reply;
 
@@ -92,6 +99,72 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Response head on its way to the client (also for responses the gateway made).
     fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut http::response::Parts) {}
+
+    /// Whether this plugin has body phases at all. Asked once when a config is built: a route
+    /// whose plugins all say no never buffers, wraps or inspects a body (see [`body`]).
+    fn has_body_phases(&self) -> bool {
+        false
+    }
+
+    /// How this request's body is wanted, decided from the head after the request phases (and
+    /// the rewrites); `None`: not at all.
+    fn request_body(&self, _ctx: &RequestCtx, _req: &http::request::Parts) -> Option<BodyAccess> {
+        None
+    }
+
+    /// The whole request body, when [`Plugin::request_body`] asked for it buffered. May
+    /// replace it and change the head (the gateway sets `Content-Length`), or answer.
+    fn on_request_body<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx,
+        _req: &'a mut http::request::Parts,
+        _body: &'a mut Bytes,
+    ) -> Step<'a> {
+        Step::CONTINUE
+    }
+
+    /// The transform of a streamed request body, when [`Plugin::request_body`] asked for a
+    /// stream. The head may be changed (the gateway drops `Content-Length`).
+    fn request_body_transform(
+        &self,
+        _ctx: &mut RequestCtx,
+        _req: &mut http::request::Parts,
+    ) -> Option<Box<dyn BodyTransform>> {
+        None
+    }
+
+    /// How this response's body is wanted, decided from its head after
+    /// [`Plugin::on_response`]; only asked for upstream responses, never for answers the
+    /// gateway made itself.
+    fn response_body(
+        &self,
+        _ctx: &RequestCtx,
+        _resp: &http::response::Parts,
+    ) -> Option<BodyAccess> {
+        None
+    }
+
+    /// The whole response body and its trailers, when buffered. May replace them and change
+    /// the head (the gateway sets `Content-Length`), or answer instead with a reply.
+    fn on_response_body(
+        &self,
+        _ctx: &mut RequestCtx,
+        _resp: &mut http::response::Parts,
+        _body: &mut Bytes,
+        _trailers: &mut Option<http::HeaderMap>,
+    ) -> Flow {
+        Flow::Continue
+    }
+
+    /// The transform of a streamed response body. The head may be changed (the gateway drops
+    /// `Content-Length`).
+    fn response_body_transform(
+        &self,
+        _ctx: &mut RequestCtx,
+        _resp: &mut http::response::Parts,
+    ) -> Option<Box<dyn BodyTransform>> {
+        None
+    }
 }
 
 impl std::fmt::Debug for dyn Plugin {

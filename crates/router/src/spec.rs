@@ -64,6 +64,13 @@ impl PathMatch {
     }
 }
 
+/// Letters, digits, `-`, `_` and `.`: a DNS name or an IPv4 address.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Whether `h` (lower-case, as stored) ends in `:port`; `[v6]` alone has none.
 fn has_port(h: &str) -> bool {
     h.rsplit_once(':').is_some_and(|(name, port)| {
@@ -85,33 +92,63 @@ pub enum HostMatch {
 }
 
 impl HostMatch {
-    /// Parses `api.example.com` or `*.example.com`; lowercases.
+    /// Parses `api.example.com`, `api.example.com:8443`, `[::1]`, `[::1]:8443` or
+    /// `*.example.com`; lowercases and drops a trailing dot of the name.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        let s = s.trim().to_ascii_lowercase();
+        let bad = |why: &str| {
+            Err(format!(
+                "invalid host `{s}`: {why}; use `name.example.com`, `name.example.com:8443`, `[::1]` or `*.example.com`"
+            ))
+        };
         if let Some(rest) = s.strip_prefix("*.") {
-            if rest.is_empty() || rest.contains('*') {
-                return Err(format!("invalid wildcard host `{s}`"));
+            let rest = rest.trim_end_matches('.');
+            if !valid_name(rest) {
+                return bad("a wildcard needs a domain after `*.`");
             }
             return Ok(HostMatch::Wildcard(rest.to_owned()));
         }
-        if s.is_empty() || s.contains('*') || s.contains('/') || s.contains(' ') {
-            return Err(format!(
-                "invalid host `{s}`: use `name.example.com` or `*.example.com`"
-            ));
-        }
         // `name:port` matches only requests that name that port; IPv6 literals are bracketed.
-        if !s.ends_with(']')
-            && let Some((name, port)) = s.rsplit_once(':')
-        {
-            let name = name.trim_end_matches('.');
-            if name.is_empty() || port.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!(
-                    "invalid host `{s}`: a port after `:` must be a number up to 65535"
-                ));
+        let (name, port) = if s.starts_with('[') {
+            let Some(end) = s.find(']') else {
+                return bad("an IPv6 literal needs its closing `]`");
+            };
+            match &s[end + 1..] {
+                "" => (&s[..=end], None),
+                rest => match rest.strip_prefix(':') {
+                    Some(p) => (&s[..=end], Some(p)),
+                    None => return bad("only `:port` may follow an IPv6 literal"),
+                },
             }
-            return Ok(HostMatch::Exact(format!("{name}:{port}")));
+        } else {
+            match s.rsplit_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (s.as_str(), None),
+            }
+        };
+        let name = name.trim_end_matches('.');
+        let valid = if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            !inner.is_empty()
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        } else {
+            valid_name(name)
+        };
+        if !valid {
+            return bad("not a host name");
         }
-        Ok(HostMatch::Exact(s))
+        match port {
+            None => Ok(HostMatch::Exact(name.to_owned())),
+            Some(p)
+                if !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u16>().is_ok() =>
+            {
+                Ok(HostMatch::Exact(format!("{name}:{p}")))
+            }
+            Some(_) => bad("a port after `:` must be a number up to 65535"),
+        }
     }
 
     /// Whether this names a port (`name:port`).

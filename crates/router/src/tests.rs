@@ -132,6 +132,11 @@ fn a_host_with_a_port_routes_like_the_host_unless_a_route_names_the_port() {
     assert_eq!(get(&r, Some("api.example.com"), "/r"), None);
     assert!(HostMatch::parse("api.example.com:http").is_err());
     assert!(HostMatch::parse("api.example.com:70000").is_err());
+    // Found by the host_match fuzz target: a broken IPv6 literal was accepted as a name that
+    // no request host could ever equal.
+    for bad in ["[]80", "[::1", "[::1]x", "a b", "a/b", "*.", "a:", "[zz]"] {
+        assert!(HostMatch::parse(bad).is_err(), "{bad}");
+    }
     assert!(!HostMatch::parse("[::1]").unwrap().has_port());
     assert!(HostMatch::parse("[::1]:8080").unwrap().has_port());
 }

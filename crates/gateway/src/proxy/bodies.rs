@@ -1,0 +1,296 @@
+//! The body phases of the pipeline, for routes with a plugin that has them (see
+//! `portcullis_plugins::body`): request bodies buffered or transformed before they go upstream,
+//! upstream response bodies buffered or transformed on their way to the client. Routes without
+//! such a plugin never come here.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use portcullis_client::BoxError;
+use portcullis_plugins::body::{chain_data, chain_end};
+use portcullis_plugins::{BodyAccess, BodyTransform, Flow, RequestCtx};
+
+use super::{respond_reply, run_phase};
+use crate::body::{ReqBody, RespBody, Transform};
+use crate::errors::{GatewayError, render};
+use crate::snapshot::RouteRuntime;
+use crate::telemetry::Record;
+
+/// Why a body could not be read whole.
+enum ReadError {
+    TooLarge,
+    Failed(BoxError),
+}
+
+/// Reads a body and its trailers whole, refusing more than `limit` bytes.
+async fn read_all<B>(mut body: B, limit: u64) -> Result<(Bytes, Option<HeaderMap>), ReadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        match frame.into_data() {
+            Ok(d) => {
+                if (buf.len() + d.len()) as u64 > limit {
+                    return Err(ReadError::TooLarge);
+                }
+                buf.extend_from_slice(&d);
+            }
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    Ok((buf.freeze(), trailers))
+}
+
+/// Runs stream transforms over a body already whole.
+fn transform_whole(
+    mut chain: Vec<Box<dyn BodyTransform>>,
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+) -> Result<(Bytes, Option<HeaderMap>), portcullis_plugins::BodyError> {
+    let first = chain_data(&mut chain, data)?;
+    let end = chain_end(&mut chain, trailers)?;
+    let data = match end.data {
+        Some(last) if first.is_empty() => last,
+        Some(last) => {
+            let mut all = first.to_vec();
+            all.extend_from_slice(&last);
+            Bytes::from(all)
+        }
+        None => first,
+    };
+    Ok((data, end.trailers))
+}
+
+fn set_length(h: &mut HeaderMap, len: usize) {
+    h.remove(header::TRANSFER_ENCODING);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// A finished early answer of the pipeline.
+pub(super) type Answer = (Response<RespBody>, Option<RequestCtx>);
+
+/// The request body phases. `Ok(None)` when no plugin wants this request's body: the caller
+/// sends it as usual (the body is left in `body`). `Err` is the answer to send instead.
+pub(super) async fn request(
+    body: &mut Option<Incoming>,
+    parts: &mut http::request::Parts,
+    route: &RouteRuntime,
+    ctx: &mut RequestCtx,
+    max_body_bytes: u64,
+    rec: &mut Record,
+) -> Result<Option<ReqBody>, Answer> {
+    let wants: Vec<(usize, BodyAccess)> = route
+        .plugins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.request_body(ctx, parts).map(|a| (i, a)))
+        .collect();
+    if wants.is_empty() {
+        return Ok(None);
+    }
+    let Some(incoming) = body.take() else {
+        return Ok(None);
+    };
+    let buffered_limit = wants
+        .iter()
+        .filter_map(|(_, a)| match a {
+            BodyAccess::Buffered { limit } => Some((*limit).min(max_body_bytes)),
+            BodyAccess::Stream => None,
+        })
+        .min();
+    let mut chain = Vec::new();
+    let Some(limit) = buffered_limit else {
+        // Streams only: no buffering, each plugin's transform in order.
+        for (i, _) in &wants {
+            if let Some(t) = route.plugins[*i].request_body_transform(ctx, parts) {
+                chain.push(t);
+            }
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let inner = ReqBody::limited(incoming, max_body_bytes, None);
+        return Ok(Some(if chain.is_empty() {
+            inner
+        } else {
+            ReqBody::Transformed(Box::new(inner), Transform::new(chain))
+        }));
+    };
+    let too_large = || {
+        GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let read = if declared.is_some_and(|n| n > limit) {
+        Err(ReadError::TooLarge)
+    } else {
+        read_all(incoming, limit).await
+    };
+    let (mut data, trailers) = match read {
+        Ok(x) => x,
+        Err(e) => {
+            let ge = match e {
+                ReadError::TooLarge => too_large(),
+                ReadError::Failed(e) => {
+                    tracing::debug!(error = %e, "reading the request body failed");
+                    GatewayError::bad_request("the request body could not be read")
+                }
+            };
+            rec.error = Some(ge.code);
+            return Err((
+                render(&ge, &ctx.request_id),
+                Some(std::mem::replace(ctx, fresh(ctx))),
+            ));
+        }
+    };
+    for (i, a) in &wants {
+        let p = &route.plugins[*i];
+        if let BodyAccess::Buffered { .. } = a {
+            let step = p.on_request_body(ctx, parts, &mut data);
+            if let Flow::Respond(reply) = run_phase(step, p.name(), "request_body", rec).await {
+                let ctx = std::mem::replace(ctx, fresh(ctx));
+                return Err(respond_reply(reply, route, ctx, rec));
+            }
+        } else if let Some(t) = p.request_body_transform(ctx, parts) {
+            chain.push(t);
+        }
+    }
+    if !chain.is_empty() {
+        match transform_whole(chain, data, trailers) {
+            Ok((d, _)) => data = d,
+            Err(e) => {
+                let ge = GatewayError::bad_request(format!("the request body was refused: {e}"));
+                rec.error = Some(ge.code);
+                return Err((
+                    render(&ge, &ctx.request_id),
+                    Some(std::mem::replace(ctx, fresh(ctx))),
+                ));
+            }
+        }
+    }
+    set_length(&mut parts.headers, data.len());
+    Ok(Some(
+        <ReqBody as portcullis_client::ReplayBody>::from_bytes(data),
+    ))
+}
+
+/// A context to leave behind when the request's own goes into an answer.
+fn fresh(ctx: &RequestCtx) -> RequestCtx {
+    RequestCtx::new(ctx.request_id.clone(), ctx.client_ip, ctx.listener.clone())
+}
+
+/// The response body phases, for an upstream response whose head went through `on_response`.
+pub(super) async fn response(
+    resp: Response<RespBody>,
+    route: &RouteRuntime,
+    mut ctx: RequestCtx,
+    rec: &mut Record,
+) -> Answer {
+    let (mut parts, body) = resp.into_parts();
+    let wants: Vec<(usize, BodyAccess)> = route
+        .plugins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.response_body(&ctx, &parts).map(|a| (i, a)))
+        .collect();
+    if wants.is_empty() {
+        return (Response::from_parts(parts, body), Some(ctx));
+    }
+    let limit = wants
+        .iter()
+        .filter_map(|(_, a)| match a {
+            BodyAccess::Buffered { limit } => Some(*limit),
+            BodyAccess::Stream => None,
+        })
+        .min();
+    let mut chain = Vec::new();
+    let Some(limit) = limit else {
+        for (i, _) in &wants {
+            if let Some(t) = route.plugins[*i].response_body_transform(&mut ctx, &mut parts) {
+                chain.push(t);
+            }
+        }
+        if chain.is_empty() {
+            return (Response::from_parts(parts, body), Some(ctx));
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = RespBody::Transformed {
+            inner: Box::pin(body),
+            t: Transform::new(chain),
+        };
+        return (Response::from_parts(parts, body), Some(ctx));
+    };
+    let (mut data, mut trailers) = match read_all(body, limit).await {
+        Ok(x) => x,
+        Err(e) => {
+            let (ge, reason) = match e {
+                ReadError::TooLarge => (
+                    GatewayError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        format!("upstream response larger than {limit} bytes"),
+                    ),
+                    "response_too_large",
+                ),
+                ReadError::Failed(e) => {
+                    tracing::debug!(error = %e, "reading the upstream response body failed");
+                    (
+                        GatewayError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            "the upstream response body failed",
+                        ),
+                        "response_body_failed",
+                    )
+                }
+            };
+            rec.error = Some(reason);
+            return (render(&ge, &ctx.request_id), Some(ctx));
+        }
+    };
+    for (i, a) in &wants {
+        let p = &route.plugins[*i];
+        if let BodyAccess::Buffered { .. } = a {
+            if let Flow::Respond(reply) =
+                p.on_response_body(&mut ctx, &mut parts, &mut data, &mut trailers)
+            {
+                return respond_reply(reply, route, ctx, rec);
+            }
+        } else if let Some(t) = p.response_body_transform(&mut ctx, &mut parts) {
+            chain.push(t);
+        }
+    }
+    if !chain.is_empty() {
+        match transform_whole(chain, data, trailers) {
+            Ok((d, t)) => (data, trailers) = (d, t),
+            Err(e) => {
+                tracing::debug!(error = %e, "a plugin could not transform the response body");
+                rec.error = Some("response_transform_failed");
+                let ge = GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the upstream response could not be transformed",
+                );
+                return (render(&ge, &ctx.request_id), Some(ctx));
+            }
+        }
+    }
+    set_length(&mut parts.headers, data.len());
+    let body = RespBody::Buffered {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+    };
+    (Response::from_parts(parts, body), Some(ctx))
+}
