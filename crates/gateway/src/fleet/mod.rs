@@ -99,6 +99,9 @@ impl Fleet {
         };
         match tokio::time::timeout(Duration::from_secs(3), attempt).await {
             Ok(Ok(read)) => match store::decode(&self.layout, &read) {
+                Ok(doc) if doc.generation == 0 && doc.doc.is_empty() => {
+                    warn!("etcd holds no shared config yet (nothing pushed); trying the cache");
+                }
                 Ok(doc) => return Start::Store(read, doc),
                 Err(e) => warn!("the shared config in etcd is invalid; trying the cache:\n{e}"),
             },
@@ -157,7 +160,19 @@ fn write_cache(path: &Path, doc: &SharedDoc) {
         "# The last good shared config from etcd, written by portcullis. Read at start when etcd is unreachable.\n{}",
         to_yaml(&doc.to_value())
     );
-    let res = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    // It holds secrets in clear: readable by this user only.
+    let res = {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+    };
     if let Err(e) = res {
         warn!(path = %path.display(), error = %e, "cannot write the shared config cache");
     }

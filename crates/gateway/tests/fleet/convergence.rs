@@ -158,7 +158,7 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
     eprintln!("100 pushes under load: {ok} requests ok, {failed} failed, {reloads} reloads");
     assert_eq!(failed, 0);
     assert!(ok > 200, "too little load: {ok}");
-    assert!(reloads >= 1.0 && reloads <= 100.0, "{reloads}");
+    assert!((1.0..=100.0).contains(&reloads), "{reloads}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -210,3 +210,20 @@ async fn a_node_starting_while_etcd_is_down_uses_the_cache_or_waits() {
         Some("cached")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_an_empty_store_is_not_ready_until_the_first_push() {
+    let etcd = Etcd::start();
+    let gw = Gateway::start(&node_yaml(&etcd.url(), ""));
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 503);
+    assert_eq!(get(&gw.admin_url("/healthz")).await.status, 200);
+    push_ok(&etcd, &shared("first", "127.0.0.1:9"), &[]);
+    assert!(all_serve(&[&gw], "/hello", "first", Duration::from_secs(5)).await);
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(gw.dir.path().join("shared-cache.yaml"))
+            .expect("cache written")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
