@@ -44,6 +44,15 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The per-target connection limit was reached and no connection freed in time.
     PoolExhausted,
+    /// The request could not be built: a URL without `http`/`https` scheme or host, an
+    /// invalid header name or value, a body that could not be encoded.
+    InvalidRequest,
+    /// A redirect was refused: too many, https to http, or an unusable `Location`.
+    Redirect,
+    /// The response body could not be decoded (not UTF-8, not the expected JSON).
+    Decode,
+    /// The client holds its maximum number of origins and none is idle enough to drop.
+    OriginLimit,
 }
 
 impl ErrorKind {
@@ -66,6 +75,10 @@ impl ErrorKind {
             ErrorKind::NoHealthyTarget => "no_healthy_target",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::PoolExhausted => "pool_exhausted",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::Decode => "decode",
+            ErrorKind::OriginLimit => "origin_limit",
         }
     }
 
@@ -94,6 +107,8 @@ impl ErrorKind {
                 | ErrorKind::CircuitOpen
                 | ErrorKind::PoolExhausted
                 | ErrorKind::RefusedStream
+                | ErrorKind::InvalidRequest
+                | ErrorKind::OriginLimit
         )
     }
 
@@ -105,6 +120,10 @@ impl ErrorKind {
                 | ErrorKind::NoHealthyTarget
                 | ErrorKind::CircuitOpen
                 | ErrorKind::DeadlineExceeded
+                | ErrorKind::InvalidRequest
+                | ErrorKind::Redirect
+                | ErrorKind::Decode
+                | ErrorKind::OriginLimit
         )
     }
 }
@@ -113,6 +132,7 @@ impl ErrorKind {
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
+    origin: Option<Arc<str>>,
     target: Option<Arc<str>>,
     timeout: Option<Duration>,
     attempts: u32,
@@ -124,6 +144,7 @@ impl Error {
     pub fn new(kind: ErrorKind) -> Self {
         Self {
             kind,
+            origin: None,
             target: None,
             timeout: None,
             attempts: 0,
@@ -143,6 +164,17 @@ impl Error {
         self
     }
 
+    /// Sets the origin (`scheme://host:port`) the call went to (service client).
+    pub fn with_origin(mut self, origin: Arc<str>) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The origin (`scheme://host:port`), for calls made through [`Client`](crate::Client).
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
     /// Records the timeout that fired.
     pub fn with_timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
@@ -158,6 +190,11 @@ impl Error {
     /// Tries made before giving up (0 when none was made, e.g. no healthy target).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The timeout that fired, when a timer caused it.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The kind.
@@ -205,8 +242,15 @@ impl fmt::Display for Error {
             ErrorKind::NoHealthyTarget => "no healthy upstream target",
             ErrorKind::CircuitOpen => "circuit breaker open",
             ErrorKind::PoolExhausted => "connection limit reached",
+            ErrorKind::InvalidRequest => "invalid request",
+            ErrorKind::Redirect => "redirect refused",
+            ErrorKind::Decode => "response body could not be decoded",
+            ErrorKind::OriginLimit => "too many origins in use",
         };
         f.write_str(what)?;
+        if let Some(o) = &self.origin {
+            write!(f, " on {o}")?;
+        }
         if let Some(t) = &self.target {
             write!(f, " ({t})")?;
         }

@@ -62,6 +62,25 @@
 //! ```
 //!
 //! `examples/resilient_get.rs` is a runnable program using it standalone.
+//!
+//! ## As the HTTP client of a service
+//!
+//! [`Client`] takes URLs instead of fixed targets: every origin (scheme, host, port) gets an
+//! upstream of its own on first use — pool, breaker, retry budget, passive health, DNS entry —
+//! dropped when idle. Redirects are followed safely, every try carries a W3C `traceparent`,
+//! and [`Client::stats`] reads the counters of each origin. See `docs/client.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), portcullis_client::Error> {
+//! let client = portcullis_client::Client::builder().build()?;
+//! let resp = client
+//!     .get("https://api.example.com/v1/users/7")
+//!     .header("accept", "application/json")
+//!     .send()
+//!     .await?;
+//! let body = resp.bytes().await?;
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -75,6 +94,7 @@ mod error;
 pub mod health;
 mod pool;
 pub mod retry;
+pub mod service;
 mod stats;
 mod upload;
 mod upstream;
@@ -89,6 +109,10 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
 pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
+pub use service::{
+    CallOptions, Client, ClientBuilder, ClientStats, OriginStats, Redirect, Redirects,
+    RequestBuilder, Response,
+};
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
     AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,

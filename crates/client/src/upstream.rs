@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::balance::{Balancer, Policy};
 use crate::body::ResponseBody;
@@ -295,6 +295,9 @@ struct Inner<B> {
     /// on the hot path instead of the watch channel's lock.
     resolved_flag: std::sync::atomic::AtomicBool,
     resolved: tokio::sync::watch::Sender<bool>,
+    /// The last DNS failure while no address is known: read only when no target exists, so
+    /// a call fails with `Dns` and the resolver's reason rather than "no healthy target".
+    dns_error: std::sync::Mutex<Option<String>>,
 }
 
 enum Sender<B> {
@@ -334,6 +337,10 @@ pub trait AttemptHook: Sync {
     fn before(&self, n: u32, headers: &mut HeaderMap);
     /// After try `n` finished (response head or failure).
     fn after(&self, n: u32, report: &AttemptReport<'_>);
+    /// The `tracing` span try `n` runs in (none by default).
+    fn span(&self, _n: u32) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 /// How one try went.
@@ -422,6 +429,7 @@ where
             stats: UpstreamStats::default(),
             resolved_flag: std::sync::atomic::AtomicBool::new(!needs_dns),
             resolved,
+            dns_error: std::sync::Mutex::new(None),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap_idle(Arc::downgrade(&inner)));
@@ -453,6 +461,26 @@ where
     /// Upstream-level counters (retries, budget).
     pub fn stats(&self) -> &UpstreamStats {
         &self.inner.stats
+    }
+
+    /// A `Dns` error when there is no target because no name resolved (the gateway keeps
+    /// answering `NoHealthyTarget` there, for its fallback; the service client says why).
+    pub(crate) fn dns_failure(&self) -> Option<Error> {
+        if !self.inner.set.load().targets.is_empty() {
+            return None;
+        }
+        let msg = self
+            .inner
+            .dns_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some(Error::new(ErrorKind::Dns).with_source(msg))
+    }
+
+    /// Whether the first DNS answer is in (always, without names).
+    pub(crate) fn resolved(&self) -> bool {
+        self.inner.resolved_flag.load(Ordering::Acquire)
     }
 
     /// Picks a usable target, avoiding `avoid` when another is usable.
@@ -504,10 +532,21 @@ where
         hook: Option<&dyn AttemptHook>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
         let inner = &*self.inner;
+        // The first try's connect budget: the wait for the first DNS answer comes out of it,
+        // so name resolution and connecting together stay within the connect timeout.
+        let mut connect = inner.cfg.timeouts.connect;
         if !inner.resolved_flag.load(Ordering::Acquire) {
             // The first DNS answer is not in yet: wait for it, within the connect timeout.
+            let started = Instant::now();
             let mut rx = inner.resolved.subscribe();
-            let _ = tokio::time::timeout(inner.cfg.timeouts.connect, rx.wait_for(|r| *r)).await;
+            let _ = tokio::time::timeout(connect, rx.wait_for(|r| *r)).await;
+            if inner.resolved_flag.load(Ordering::Acquire) {
+                connect = connect
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+            }
+            // Still no answer: the static targets (if any) are tried with a whole connect
+            // timeout; with none, the pick fails with `NoHealthyTarget`.
         }
         let policy = inner.cfg.retry.as_ref();
         if let Some(b) = &inner.budget {
@@ -539,11 +578,19 @@ where
             tried.push(target.authority.clone());
             let mut request = request;
             let started = Instant::now();
+            // The try's span is current while the hook runs, so it can record on it.
+            let span = hook.map_or_else(tracing::Span::none, |h| h.span(attempt));
             if let Some(h) = hook {
+                let _in = span.enter();
                 h.before(attempt, request.headers_mut());
             }
-            let outcome = self.try_once(&target, request, replay.as_ref()).await;
+            let outcome = self
+                .try_once(&target, request, replay.as_ref(), connect)
+                .instrument(span.clone())
+                .await;
+            connect = inner.cfg.timeouts.connect;
             if let Some(h) = hook {
+                let _in = span.enter();
                 let (status, error) = match &outcome {
                     Tried::Response(r) => (Some(r.status().as_u16()), None),
                     Tried::Failed(e, _) => (None, Some(e.kind())),
@@ -616,6 +663,7 @@ where
         target: &Arc<Target<B>>,
         req: Request<B>,
         replay: Option<&Replay>,
+        connect: Duration,
     ) -> Tried<B> {
         let cfg = &self.inner.cfg;
         let permit = match &target.breaker {
@@ -638,20 +686,23 @@ where
         };
         let started = Instant::now();
         let out = match cfg.retry.as_ref().and_then(|r| r.per_try_timeout) {
-            Some(t) => match tokio::time::timeout(t, self.send_to_inner(target, req, replay)).await
-            {
-                Ok(o) => o,
-                Err(_) => {
-                    target.stats.record_error(ErrorKind::PerTryTimeout);
-                    Tried::Failed(
-                        Error::new(ErrorKind::PerTryTimeout)
-                            .with_timeout(t)
-                            .with_target(target.authority.clone()),
-                        None,
-                    )
+            Some(t) => {
+                match tokio::time::timeout(t, self.send_to_inner(target, req, replay, connect))
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(_) => {
+                        target.stats.record_error(ErrorKind::PerTryTimeout);
+                        Tried::Failed(
+                            Error::new(ErrorKind::PerTryTimeout)
+                                .with_timeout(t)
+                                .with_target(target.authority.clone()),
+                            None,
+                        )
+                    }
                 }
-            },
-            None => self.send_to_inner(target, req, replay).await,
+            }
+            None => self.send_to_inner(target, req, replay, connect).await,
         };
         let ok = match &out {
             Tried::Response(r) => !is_failure_status(r.status()),
@@ -689,7 +740,11 @@ where
         req: Request<B>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
         let replay = Replay::of(&req).filter(|_| idempotent(req.method(), req.headers()));
-        match self.send_to_inner(target, req, replay.as_ref()).await {
+        let connect = self.inner.cfg.timeouts.connect;
+        match self
+            .send_to_inner(target, req, replay.as_ref(), connect)
+            .await
+        {
             Tried::Response(r) => Ok(r),
             Tried::Failed(e, _) => Err(e),
         }
@@ -700,6 +755,7 @@ where
         target: &Arc<Target<B>>,
         mut req: Request<B>,
         replay: Option<&Replay>,
+        connect: Duration,
     ) -> Tried<B> {
         target.stats.requests.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::new(target);
@@ -707,7 +763,7 @@ where
             target.stats.record_error(e.kind());
             e.with_target(target.authority.clone())
         };
-        let mut sender = match self.sender(target).await {
+        let mut sender = match self.sender(target, connect).await {
             Ok(s) => s,
             Err(e) => return Tried::Failed(fail(e), Some(req)),
         };
@@ -767,7 +823,7 @@ where
                     debug!(target = %target.authority, error = %e, "pooled connection failed before a response; retrying on a new one");
                     target.stats.stale_recovered.fetch_add(1, Ordering::Relaxed);
                     req = r;
-                    sender = match Box::pin(self.connect_new(target)).await {
+                    sender = match Box::pin(self.connect_new(target, connect)).await {
                         Ok(s) => s,
                         Err(e) => return Tried::Failed(fail(e), Some(req)),
                     };
@@ -833,19 +889,23 @@ where
     /// A connection to send on: a pooled HTTP/1.1 one right away when there is one; otherwise
     /// (shared HTTP/2, waiting at the connection limit, a new connection) the boxed slow path,
     /// which keeps the hot path's future small.
-    async fn sender(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
+    async fn sender(&self, target: &Arc<Target<B>>, connect: Duration) -> Result<Sender<B>, Error> {
         if target.pool.mode() != MODE_H2
             && let Some(tx) = target.pool.checkout()
         {
             target.stats.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(Sender::H1 { tx, reused: true });
         }
-        Box::pin(self.sender_slow(target)).await
+        Box::pin(self.sender_slow(target, connect)).await
     }
 
     /// The shared HTTP/2 connection, a pooled HTTP/1.1 one after waiting at the limit, or a new
     /// connection.
-    async fn sender_slow(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
+    async fn sender_slow(
+        &self,
+        target: &Arc<Target<B>>,
+        connect: Duration,
+    ) -> Result<Sender<B>, Error> {
         if target.pool.mode() == MODE_H2 {
             let mut slot = target.pool.h2.lock().await;
             if let Some(tx) = slot.as_ref()
@@ -854,13 +914,13 @@ where
                 target.stats.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(Sender::H2(tx.clone()));
             }
-            let s = Box::pin(self.connect_new(target)).await?;
+            let s = Box::pin(self.connect_new(target, connect)).await?;
             if let Sender::H2(tx) = &s {
                 *slot = Some(tx.clone());
             }
             return Ok(s);
         }
-        let deadline = tokio::time::Instant::now() + self.inner.cfg.timeouts.connect;
+        let deadline = tokio::time::Instant::now() + connect;
         loop {
             if let Some(tx) = target.pool.checkout() {
                 target.stats.reused.fetch_add(1, Ordering::Relaxed);
@@ -879,11 +939,11 @@ where
                 _ = freed => {}
                 p = permit => { drop(p); }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::new(ErrorKind::PoolExhausted).with_timeout(self.inner.cfg.timeouts.connect));
+                    return Err(Error::new(ErrorKind::PoolExhausted).with_timeout(connect));
                 }
             }
         }
-        let s = Box::pin(self.connect_new(target)).await?;
+        let s = Box::pin(self.connect_new(target, connect)).await?;
         if let Sender::H2(tx) = &s {
             // `auto` discovered HTTP/2 on this first connection: share it from now on.
             *target.pool.h2.lock().await = Some(tx.clone());
@@ -892,26 +952,22 @@ where
     }
 
     /// Connects and handshakes, choosing the protocol by config or ALPN.
-    async fn connect_new(&self, target: &Arc<Target<B>>) -> Result<Sender<B>, Error> {
+    async fn connect_new(
+        &self,
+        target: &Arc<Target<B>>,
+        connect: Duration,
+    ) -> Result<Sender<B>, Error> {
         let cfg = &self.inner.cfg;
         let permit: Option<OwnedSemaphorePermit> = match &target.conn_limit {
             Some(l) => Some(
-                tokio::time::timeout(cfg.timeouts.connect, l.clone().acquire_owned())
+                tokio::time::timeout(connect, l.clone().acquire_owned())
                     .await
-                    .map_err(|_| {
-                        Error::new(ErrorKind::PoolExhausted).with_timeout(cfg.timeouts.connect)
-                    })?
+                    .map_err(|_| Error::new(ErrorKind::PoolExhausted).with_timeout(connect))?
                     .map_err(|_| Error::new(ErrorKind::PoolExhausted))?,
             ),
             None => None,
         };
-        let io = connect::connect(
-            target.addr,
-            &target.host,
-            cfg.tls.as_ref(),
-            cfg.timeouts.connect,
-        )
-        .await?;
+        let io = connect::connect(target.addr, &target.host, cfg.tls.as_ref(), connect).await?;
         target.stats.connects.fetch_add(1, Ordering::Relaxed);
         let use_h2 = match cfg.protocol {
             Protocol::Http1 => false,
@@ -1153,6 +1209,7 @@ async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfi
     loop {
         let mut next = dns.cfg.max_refresh;
         let mut addrs = static_targets.clone();
+        let mut failure = None;
         for (i, t) in names.iter().enumerate() {
             match dns.resolve(&t.host).await {
                 Ok(answer) => {
@@ -1167,6 +1224,7 @@ async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfi
                 }
                 Err(e) => {
                     warn!(host = %t.host, error = %e, "DNS resolution failed; keeping the last good answer");
+                    failure = Some(e.to_string());
                     next = next.min(dns.cfg.min_refresh);
                     if last_good[i]
                         .as_ref()
@@ -1199,6 +1257,10 @@ async fn resolve_loop<B>(inner: Weak<Inner<B>>, static_targets: Vec<(TargetConfi
             inner_now.set.store(Arc::new(set));
         }
         drop(current);
+        *inner_now
+            .dns_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = if addrs.is_empty() { failure } else { None };
         inner_now.resolved_flag.store(true, Ordering::Release);
         let _ = inner_now.resolved.send(true);
         drop(inner_now);
