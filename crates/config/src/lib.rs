@@ -10,6 +10,7 @@
 pub mod error;
 pub mod model;
 pub mod raw;
+pub mod shared;
 pub mod source;
 mod validate;
 
@@ -19,10 +20,32 @@ use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors, Lint, Pos, Severity};
 pub use model::*;
+pub use shared::SharedDoc;
 pub use source::SourceMap;
+
+/// Keys whose values are secrets: redacted in every read and never logged.
+pub const SECRET_KEYS: &[&str] = &["token", "secret", "password", "api_key", "private_key"];
+
+/// Where the shared part of a node's config comes from when the file names a store.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedInput<'a> {
+    /// The document.
+    pub doc: &'a SharedDoc,
+    /// Names it in errors, e.g. `etcd:/portcullis` (objects add `/routes/NAME`).
+    pub origin: &'a str,
+}
 
 /// Reads and validates a config file. Blocking: call it off the async runtime.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with(path, None)
+}
+
+/// Reads and validates a node's file; when it names a store (`config_source.etcd`), `shared`
+/// is the shared part to serve with it (none yet: no upstreams, routes or plugins).
+pub fn load_file_with(
+    path: &Path,
+    shared: Option<SharedInput<'_>>,
+) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: Some(path.to_path_buf()),
@@ -35,7 +58,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    load_str(&text, Some(path), &base, &|k| std::env::var(k).ok())
+    load_str_with(&text, Some(path), &base, &|k| std::env::var(k).ok(), shared)
 }
 
 /// Validates config text. `file` names it in errors; relative paths resolve against `base_dir`.
@@ -44,6 +67,17 @@ pub fn load_str(
     file: Option<&Path>,
     base_dir: &Path,
     env: source::EnvLookup<'_>,
+) -> Result<Config, ConfigErrors> {
+    load_str_with(text, file, base_dir, env, None)
+}
+
+/// `load_str` with the shared part from a store, used when the text names one.
+pub fn load_str_with(
+    text: &str,
+    file: Option<&Path>,
+    base_dir: &Path,
+    env: source::EnvLookup<'_>,
+    shared: Option<SharedInput<'_>>,
 ) -> Result<Config, ConfigErrors> {
     let place = |mut errs: Vec<ConfigError>, map: Option<&SourceMap>| {
         for e in &mut errs {
@@ -57,10 +91,184 @@ pub fn load_str(
         ConfigErrors(errs)
     };
     let (value, map) = source::parse(text, env).map_err(|e| place(e, None))?;
-    let value = if value.is_null() {
+    let mut value = if value.is_null() {
         Value::Object(Default::default())
     } else {
         value
+    };
+    let from_store = value
+        .get("config_source")
+        .and_then(|c| c.get("etcd"))
+        .is_some_and(|e| !e.is_null());
+    let mut origin = None;
+    if from_store {
+        // The node's file must not define what the store holds: two sources of truth.
+        let clash: Vec<ConfigError> = shared::KINDS
+            .iter()
+            .filter(|k| value.get(k.section()).is_some())
+            .map(|k| {
+                ConfigError::new(
+                    k.section(),
+                    format!(
+                        "`{}` comes from etcd (config_source.etcd): define it there (portcullis config push), not in this file",
+                        k.section()
+                    ),
+                )
+            })
+            .collect();
+        if !clash.is_empty() {
+            return Err(place(clash, Some(&map)));
+        }
+        if let Some(input) = shared {
+            input.doc.insert_into(&mut value);
+            origin = Some((input.doc, input.origin));
+        }
+    }
+    let digest = digest(text.as_bytes());
+    let errs = match load_value(value, map, file, base_dir, digest) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    // Errors inside objects from the store name the object's key instead of this file.
+    let Some((doc, origin)) = origin else {
+        return Err(errs);
+    };
+    Err(ConfigErrors(
+        errs.0
+            .into_iter()
+            .map(|mut e| {
+                if let Some(key) = store_object_of(doc, &e.path) {
+                    e.file = Some(format!("{origin}/{key}").into());
+                    e.pos = None;
+                }
+                e
+            })
+            .collect(),
+    ))
+}
+
+/// `routes[2].match` -> `routes/NAME` for the third route of `doc`; `upstreams.a.x` ->
+/// `upstreams/a`. `None` for paths outside the shared sections.
+fn store_object_of(doc: &SharedDoc, path: &str) -> Option<String> {
+    let (head, rest) = path.split_at(path.find(['.', '['])?);
+    let kind = shared::Kind::from_section(head)?;
+    let name = if kind.is_list() {
+        let idx: usize = rest.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+        doc.order(kind).get(idx)?.to_string()
+    } else {
+        let r = rest.strip_prefix('.')?;
+        r.split(['.', '[']).next()?.to_owned()
+    };
+    Some(format!("{}/{name}", kind.section()))
+}
+
+/// Validates the shared part alone (what `config push` and admin writes check), with a
+/// stand-in listener so the node-only sections need not be there. `origin` names it in errors.
+pub fn check_shared(
+    doc: &SharedDoc,
+    origin: &str,
+    base_dir: &Path,
+) -> Result<Config, ConfigErrors> {
+    let mut value = serde_json::json!({
+        "listeners": [{"name": "_check", "address": "127.0.0.1:0"}],
+    });
+    doc.insert_into(&mut value);
+    let digest = digest(value.to_string().as_bytes());
+    load_value(value, SourceMap::default(), None, base_dir, digest).map_err(|errs| {
+        ConfigErrors(
+            errs.0
+                .into_iter()
+                .map(|mut e| {
+                    let key = store_object_of(doc, &e.path);
+                    e.file = Some(match key {
+                        Some(k) => format!("{origin}/{k}").into(),
+                        None => origin.into(),
+                    });
+                    e
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Reads a file of shared objects (what `config push` takes: the shared sections, optionally
+/// with a node's sections too) and validates it. A file without listeners gets a stand-in one.
+/// Returns the shared document and the validated config. Blocking.
+pub fn load_shared_file(path: &Path) -> Result<(SharedDoc, Config), ConfigErrors> {
+    let one = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: Some(path.to_path_buf()),
+            pos: None,
+            path: String::new(),
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one(format!("cannot read the config file: {e}")))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let env = |k: &str| std::env::var(k).ok();
+    let (value, map) = source::parse(&text, &env).map_err(|mut errs| {
+        for e in &mut errs {
+            e.file = Some(path.to_path_buf());
+        }
+        ConfigErrors(errs)
+    })?;
+    let mut value = if value.is_null() {
+        Value::Object(Default::default())
+    } else {
+        value
+    };
+    if let Some(obj) = value.as_object_mut() {
+        // A node file that reads from the store has nothing to push.
+        obj.remove("config_source");
+        let no_listeners = obj
+            .get("listeners")
+            .and_then(Value::as_array)
+            .is_none_or(|l| l.is_empty());
+        if no_listeners {
+            obj.insert(
+                "listeners".into(),
+                serde_json::json!([{"name": "_check", "address": "127.0.0.1:0"}]),
+            );
+        }
+    }
+    let (doc, errs) = SharedDoc::from_value(&value);
+    if !errs.is_empty() {
+        return Err(ConfigErrors(
+            errs.into_iter()
+                .map(|mut e| {
+                    e.file = Some(path.to_path_buf());
+                    e.pos = map.locate(&e.path);
+                    e
+                })
+                .collect(),
+        ));
+    }
+    let cfg = load_value(value, map, Some(path), &base, digest(text.as_bytes()))?;
+    Ok((doc, cfg))
+}
+
+/// Deserializes and validates a parsed config value. `source_digest` identifies the text.
+fn load_value(
+    value: Value,
+    map: SourceMap,
+    file: Option<&Path>,
+    base_dir: &Path,
+    source_digest: u64,
+) -> Result<Config, ConfigErrors> {
+    let place = |mut errs: Vec<ConfigError>, map: Option<&SourceMap>| {
+        for e in &mut errs {
+            e.file = file.map(Path::to_path_buf);
+            if e.pos.is_none()
+                && let Some(m) = map
+            {
+                e.pos = m.locate(&e.path);
+            }
+        }
+        ConfigErrors(errs)
     };
     let raw: raw::RawConfig = match serde_path_to_error::deserialize(&value) {
         Ok(r) => r,
@@ -105,7 +313,12 @@ pub fn load_str(
         _ => return Err(place(errors, Some(&map))),
     };
     let hash = content_hash(&value);
-    let source_digest = digest(text.as_bytes());
+    let (shared_doc, _) = SharedDoc::from_value(&value);
+    let shared_hash = shared_doc.hash();
+    let etcd = match shared::source::etcd(raw.config_source.as_ref(), base_dir) {
+        Ok(e) => e,
+        Err(errs) => return Err(place(errs, Some(&map))),
+    };
     let mut redacted = value;
     redact(&mut redacted, false);
     Ok(Config {
@@ -123,6 +336,9 @@ pub fn load_str(
         source_map: map,
         redacted,
         warnings,
+        shared: std::sync::Arc::new(shared_doc),
+        shared_hash,
+        etcd,
     })
 }
 
@@ -171,15 +387,17 @@ pub fn digest(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Replaces secret values with "<redacted>": tokens, secrets, passwords and consumer keys.
+/// Replaces secret values in `v` with "<redacted>" (tokens, secrets, passwords, consumer
+/// keys), for every read of a config and every log line.
+pub fn redact_value(v: &mut Value) {
+    redact(v, false);
+}
+
 fn redact(v: &mut Value, in_consumers: bool) {
     match v {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                let secret = matches!(
-                    k.as_str(),
-                    "token" | "secret" | "password" | "api_key" | "private_key"
-                ) || (in_consumers && k == "key");
+                let secret = SECRET_KEYS.contains(&k.as_str()) || (in_consumers && k == "key");
                 if secret && !val.is_null() {
                     *val = Value::String("<redacted>".into());
                 } else {

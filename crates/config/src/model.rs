@@ -45,6 +45,32 @@ pub struct Config {
     pub redacted: Value,
     /// Lint warnings (errors make loading fail).
     pub warnings: Vec<Lint>,
+    /// The shared objects as written (upstreams, routes, plugins, policies), for diffs and
+    /// the change history.
+    pub shared: std::sync::Arc<crate::shared::SharedDoc>,
+    /// Hash of `shared`: equal on every node serving the same shared config.
+    pub shared_hash: String,
+    /// The etcd store the shared part comes from; `None` in file mode.
+    pub etcd: Option<EtcdSource>,
+}
+
+/// `config_source.etcd`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSource {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// CA bundle for TLS.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Where the last good shared config is kept.
+    pub cache: Option<PathBuf>,
+    /// This node's id.
+    pub node_id: Option<String>,
 }
 
 /// A listening socket.

@@ -34,6 +34,61 @@ pub struct RawConfig {
     /// Name resolution for upstream targets given by DNS name.
     #[serde(default)]
     pub dns: Option<RawDns>,
+    /// Where the shared part (upstreams, routes, plugins, policies) comes from; this file when
+    /// absent.
+    #[serde(default)]
+    pub config_source: Option<RawConfigSource>,
+}
+
+/// Where the shared part of the config comes from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigSource {
+    /// An etcd v3 cluster shared by a fleet of gateways.
+    #[serde(default)]
+    pub etcd: Option<RawEtcd>,
+}
+
+/// The etcd store of a fleet.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// Client URLs, e.g. `http://127.0.0.1:2379` (https with `tls`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Key prefix of this fleet's config (default `/portcullis`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// User name for etcd authentication (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for etcd authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS towards etcd: CA bundle, and client certificate and key for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<RawEtcdTls>,
+    /// File where the last good shared config is written, and read at start when etcd is down.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// This node's id in the fleet (default: host name and process id).
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// TLS towards etcd.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    /// PEM CA bundle that signs the etcd servers' certificates.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM client certificate (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM client key (mutual TLS).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Resolver settings.

@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 use crate::control::{Control, unix_seconds};
@@ -21,6 +21,16 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/routes", get(routes))
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/reload", post(reload))
+        .route("/admin/config/history", get(crate::fleet::admin::history))
+        .route(
+            "/admin/config/history/{generation}",
+            get(crate::fleet::admin::history_entry),
+        )
+        .route("/admin/fleet", get(crate::fleet::admin::fleet))
+        .route(
+            "/admin/{kind}/{name}",
+            put(crate::fleet::admin::write).delete(crate::fleet::admin::write),
+        )
         .route("/admin/slo", get(slo))
         .route("/admin/topology", get(topology))
         .route("/admin/log_level", get(get_log_level).put(set_log_level))
@@ -47,7 +57,8 @@ impl IntoResponse for Json200 {
     }
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+/// A JSON response.
+pub fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut r = (status, serde_json::to_string_pretty(v).unwrap_or_default()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -56,7 +67,8 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+/// The contract's JSON error.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     json_response(
         status,
         &json!({"error": {"status": status.as_u16(), "code": code, "message": message, "request_id": ""}}),
@@ -123,6 +135,15 @@ async fn config(State(c): State<Arc<Control>>) -> Response {
         "hash": cfg.hash,
         "loaded_at": unix_seconds(snap.loaded_at),
         "source": cfg.file.as_ref().map(|f| f.display().to_string()),
+        "shared_hash": cfg.shared_hash,
+        "generation": c.shared.history.latest().map(|e| e.generation),
+        "etcd": c.shared.fleet.as_ref().map(|f| json!({
+            "prefix": f.layout.prefix(),
+            "node_id": f.node_id,
+            "reachable": f.store_up.load(Ordering::Relaxed),
+            "revision": f.revision.load(Ordering::Relaxed),
+            "rejected": f.rejected.lock().ok().and_then(|r| r.clone()),
+        })),
         "listeners": c.addresses().await,
         "config": cfg.redacted,
     }))
@@ -231,7 +252,9 @@ async fn reload(State(c): State<Arc<Control>>) -> Response {
 
 async fn slo(State(c): State<Arc<Control>>) -> Response {
     let snap = c.shared.snapshot.load_full();
-    Json200(crate::topology::slo_json(&snap)).into_response()
+    let mut v = crate::topology::slo_json(&snap);
+    crate::suspect::annotate(&mut v, &snap, &c.shared.history);
+    Json200(v).into_response()
 }
 
 async fn topology(State(c): State<Arc<Control>>) -> Response {

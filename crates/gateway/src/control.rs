@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use portcullis_config::{Config, ConfigErrors};
+use portcullis_config::{Config, ConfigErrors, SharedDoc, SharedInput};
 use tracing::{error, info, warn};
+
+use crate::history::Meta;
 
 use crate::metrics::Metrics;
 use crate::server::Listeners;
@@ -28,12 +30,21 @@ pub struct Control {
     pub sampler: Arc<crate::topology::TargetSampler>,
     /// Unix ms when the gateway started.
     pub started_ms: u64,
+    /// The admin API's bound address, once bound.
+    pub admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
-/// Reads and validates the config from its source. Blocking.
-pub fn load(source: &ConfigSource) -> Result<Config, ConfigErrors> {
+/// Reads and validates the config from its source, with the shared part from the store when
+/// the file names one (`shared`: the document and its origin for errors). Blocking.
+pub fn load(
+    source: &ConfigSource,
+    shared: Option<(&SharedDoc, &str)>,
+) -> Result<Config, ConfigErrors> {
     match source {
-        ConfigSource::File(path) => portcullis_config::load_file(path),
+        ConfigSource::File(path) => portcullis_config::load_file_with(
+            path,
+            shared.map(|(doc, origin)| SharedInput { doc, origin }),
+        ),
         ConfigSource::Embedded(text) => portcullis_config::load_str(
             text,
             Some(Path::new("<quick-start>")),
@@ -53,14 +64,24 @@ fn wanted(snap: &Snapshot) -> Vec<(String, SocketAddr)> {
 
 impl Control {
     /// Starts serving `snap`: binds its listeners. Fails if one cannot be bound.
+    /// `ready`: whether the config is complete (false while a fleet node waits for its first
+    /// shared config); `meta`: how the first config arrived, for the history.
     pub async fn start(
         snap: Snapshot,
         source: ConfigSource,
         metrics: Arc<Metrics>,
+        fleet: Option<Arc<crate::fleet::Fleet>>,
+        ready: bool,
+        meta: Meta,
     ) -> std::io::Result<Arc<Self>> {
         let hash = snap.config.hash.clone();
         let want = wanted(&snap);
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let history = crate::history::History::default();
+        if ready {
+            let e = history.record(None, &snap, meta);
+            metrics.config_applied(e.generation, None);
+        }
         let shared = Arc::new(Shared {
             snapshot: arc_swap::ArcSwap::from_pointee(snap),
             metrics,
@@ -68,19 +89,27 @@ impl Control {
             ready: Default::default(),
             drain: Default::default(),
             shutdown,
+            history,
+            fleet,
         });
         let mut listeners = Listeners::default();
         let prepared = listeners.prepare(&want).await?;
         listeners.commit(prepared, &want, &shared);
         shared.metrics.set_config(&hash);
-        shared.ready.store(true, Ordering::Release);
+        shared.ready.store(ready, Ordering::Release);
         let sampler = crate::topology::TargetSampler::spawn(shared.clone());
         Ok(Arc::new(Self {
             shared,
             listeners: tokio::sync::Mutex::new(listeners),
             sampler,
             started_ms: (unix_seconds(SystemTime::now()) * 1000.0) as u64,
+            admin_addr: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The admin API's bound address.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_addr.get().copied()
     }
 
     /// Bound listener addresses by name.
@@ -88,19 +117,58 @@ impl Control {
         self.listeners.lock().await.addresses()
     }
 
-    /// Reloads from the source. On success returns the new config's hash.
+    /// Reloads from the source (the node's file, with the last good shared part when it comes
+    /// from etcd). On success returns the new config's hash.
     pub async fn reload(&self, trigger: &str) -> Result<String, Refused> {
+        self.reload_with(trigger, None, None).await
+    }
+
+    /// Applies a shared config from the store through the same build-validate-swap path as a
+    /// file reload. On success it becomes the last good shared config (and the cache).
+    pub async fn apply_shared(
+        &self,
+        trigger: &str,
+        doc: Arc<SharedDoc>,
+        meta: Meta,
+    ) -> Result<String, Refused> {
+        self.reload_with(trigger, Some(doc), Some(meta)).await
+    }
+
+    async fn reload_with(
+        &self,
+        trigger: &str,
+        doc: Option<Arc<SharedDoc>>,
+        meta: Option<Meta>,
+    ) -> Result<String, Refused> {
         let mut listeners = self.listeners.lock().await;
         let started = std::time::Instant::now();
         let prev = self.shared.snapshot.load_full();
+        let prev2 = prev.clone();
         let source = self.shared.source.clone();
         let metrics = self.shared.metrics.clone();
+        let fleet = self.shared.fleet.clone();
+        let from_store = doc.is_some();
         let built = tokio::task::spawn_blocking(move || {
-            let cfg = load(&source)?;
-            Snapshot::build(cfg, Some(&prev), &metrics)
+            let shared = fleet.as_ref().map(|f| {
+                let d = doc.unwrap_or_else(|| f.applied.load_full());
+                (d, f.origin.clone())
+            });
+            let cfg = load(&source, shared.as_ref().map(|(d, o)| (&**d, o.as_str())))?;
+            let snap = Snapshot::build(cfg, Some(&prev), &metrics)?;
+            // Who changed the file, off the async threads (it may run git).
+            let meta = match (meta, &source) {
+                (Some(m), _) => m,
+                (None, ConfigSource::File(p)) => crate::history::file_meta(p),
+                (None, ConfigSource::Embedded(_)) => Meta {
+                    source: "<quick-start>".into(),
+                    via: "embedded".into(),
+                    ..Meta::default()
+                },
+            };
+            Ok::<_, ConfigErrors>((snap, meta, shared.map(|(d, _)| d)))
         })
         .await;
-        let snap = match built {
+        let (snap, meta, doc) = match built {
             Ok(Ok(s)) => s,
             Ok(Err(errs)) => {
                 return Err(self.refuse(trigger, errs.0.iter().map(ToString::to_string).collect()));
@@ -129,8 +197,23 @@ impl Control {
         let hash = snap.config.hash.clone();
         let same = hash == old.config.hash;
         drop(old);
-        self.shared.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.shared.snapshot.store(snap.clone());
         listeners.commit(prepared, &want, &self.shared);
+        if !same {
+            let generation = meta.generation;
+            let committed = meta.committed_at;
+            let entry = self.shared.history.record(Some(&prev2), &snap, meta);
+            self.shared
+                .metrics
+                .config_applied(generation.unwrap_or(entry.generation), committed);
+        }
+        if let (Some(f), Some(doc)) = (&self.shared.fleet, doc)
+            && from_store
+        {
+            f.applied_ok(doc, &snap.config.shared_hash);
+            self.shared.ready.store(true, Ordering::Release);
+        }
         self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
         self.shared.metrics.set_config(&hash);
         info!(

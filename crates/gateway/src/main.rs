@@ -1,4 +1,4 @@
-//! The `portcullis` binary: `run`, `validate`, `echo`, `version`.
+//! The `portcullis` binary: `run`, `validate`, `echo`, `version`, `config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,10 +13,13 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod body;
+mod config_cli;
 mod control;
 mod echo;
 mod errors;
+mod fleet;
 mod framing;
+mod history;
 mod logging;
 mod metrics;
 mod otel;
@@ -25,6 +28,7 @@ mod server;
 mod slo;
 mod snapshot;
 mod state;
+mod suspect;
 mod telemetry;
 mod tls;
 mod topology;
@@ -70,6 +74,11 @@ enum Cmd {
     },
     /// Print version and build info.
     Version,
+    /// Manage the shared config of a fleet in etcd: push, diff, pull, history, rollback.
+    Config {
+        #[command(subcommand)]
+        cmd: config_cli::ConfigCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => run(config),
         Cmd::Validate { config } => return validate(&config),
         Cmd::Echo { listen } => echo_main(listen),
+        Cmd::Config { cmd } => return config_cli::main(cmd),
         Cmd::Version => {
             println!(
                 "portcullis {} ({} {}, rustls with ring)",
@@ -172,7 +182,8 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             ConfigSource::Embedded(QUICKSTART.replace("${PORTCULLIS_ECHO_ADDR}", &addr.to_string()))
         }
     };
-    let cfg = control::load(&source).map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?;
+    let cfg =
+        control::load(&source, None).map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?;
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -183,10 +194,29 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let metrics = Arc::new(Metrics::new());
-        let m = metrics.clone();
-        let snap = tokio::task::spawn_blocking(move || Snapshot::build(cfg, None, &m))
-            .await?
-            .map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?;
+        let fleet = cfg.etcd.clone().map(|e| Arc::new(fleet::Fleet::new(e)));
+        let (snap, ready, meta, watch_state) = match &fleet {
+            Some(f) => fleet::first_snapshot(f, &source, &metrics)
+                .await
+                .map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?,
+            None => {
+                let m = metrics.clone();
+                let src = source.clone();
+                tokio::task::spawn_blocking(move || {
+                    let meta = match &src {
+                        ConfigSource::File(p) => history::file_meta(p),
+                        ConfigSource::Embedded(_) => history::Meta {
+                            source: "<quick-start>".into(),
+                            via: "embedded".into(),
+                            ..Default::default()
+                        },
+                    };
+                    Snapshot::build(cfg, None, &m).map(|s| (s, true, meta, None))
+                })
+                .await?
+                .map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?
+            }
+        };
         let admin_addr = snap.config.admin.address;
         let quickstart = echo_listener.is_some();
         if let Some(l) = echo_listener {
@@ -194,10 +224,11 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             info!(address = %l.local_addr()?, "built-in echo upstream listening");
             tokio::spawn(echo::serve(l));
         }
-        let control = Control::start(snap, source, metrics).await?;
+        let control = Control::start(snap, source, metrics, fleet.clone(), ready, meta).await?;
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot bind the admin API on {admin_addr}"))?;
+        let _ = control.admin_addr.set(admin_listener.local_addr()?);
         info!(address = %admin_listener.local_addr()?, "admin listening");
         let app = admin::router(control.clone());
         tokio::spawn(async move {
@@ -217,6 +248,11 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         tokio::spawn(control.clone().watch_file());
         tokio::spawn(control.clone().watch_tls_files());
+        if let Some(f) = fleet {
+            info!(node = %f.node_id, prefix = %f.layout.prefix(), "shared config from etcd");
+            tokio::spawn(fleet::watch::run(control.clone(), f.clone(), watch_state));
+            tokio::spawn(fleet::node::run(control.clone(), f));
+        }
 
         loop {
             tokio::select! {

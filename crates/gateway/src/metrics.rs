@@ -50,6 +50,8 @@ pub struct Metrics {
     pub refused_requests: IntCounterVec,
     /// Connections closed at accept, by listener and reason.
     pub refused_connections: IntCounterVec,
+    /// Config changes: generation, propagation, resyncs, refusals.
+    pub config: crate::fleet::metrics::ConfigMetrics,
 }
 
 /// Method label values; anything else is `OTHER`, so the label stays bounded.
@@ -243,7 +245,9 @@ impl Metrics {
             "Client connections closed when accepted (per-address cap), by listener and reason.",
             &["listener", "reason"],
         );
+        let config = crate::fleet::metrics::ConfigMetrics::new(&registry);
         Self {
+            config,
             registry,
             requests,
             latency,
@@ -301,6 +305,11 @@ impl Metrics {
         }
     }
 
+    /// A config was applied: its generation and, from a store, when it was committed.
+    pub fn config_applied(&self, generation: u64, committed_at: Option<f64>) {
+        self.config.applied(generation, committed_at);
+    }
+
     /// Marks `hash` as the running config.
     pub fn set_config(&self, hash: &str) {
         self.config_info.reset();
@@ -314,6 +323,7 @@ impl Metrics {
 
     /// The Prometheus text exposition: registered metrics, then upstream client counters.
     pub fn render(&self, snap: &Snapshot) -> String {
+        self.config.refresh();
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();

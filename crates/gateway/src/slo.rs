@@ -42,6 +42,8 @@ pub struct RollingStats {
     pub last_seen_ms: AtomicU64,
     /// Unix ms when the window was made (the route's first appearance with this window).
     pub created_ms: u64,
+    /// Requests and 5xx answers since start, to measure what happened after a change.
+    totals: [AtomicU64; 2],
 }
 
 /// What the window says.
@@ -75,6 +77,7 @@ impl RollingStats {
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             last_seen_ms: AtomicU64::new(0),
             created_ms: now_ms(),
+            totals: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -98,12 +101,22 @@ impl RollingStats {
             }
         }
         slot.requests.fetch_add(1, Ordering::Relaxed);
+        self.totals[0].fetch_add(1, Ordering::Relaxed);
         if server_error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
+            self.totals[1].fetch_add(1, Ordering::Relaxed);
         }
         let us = latency.as_micros() as u64;
         let i = BOUNDS_US.partition_point(|b| *b < us);
         slot.latency[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests and 5xx answers since the route first appeared.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.totals[0].load(Ordering::Relaxed),
+            self.totals[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Sums the window.

@@ -34,6 +34,10 @@ pub struct Shared {
     pub drain: Drain,
     /// Set to true on SIGTERM: connections finish their requests and close.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// The configs this node applied.
+    pub history: crate::history::History,
+    /// The fleet state when the shared part comes from etcd.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Counts live connections and wakes the shutdown waiter when the last one ends.

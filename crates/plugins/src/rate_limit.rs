@@ -58,6 +58,12 @@ pub struct RedisConfig {
     /// Seed nodes of a Redis Cluster.
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Redis Sentinel nodes (`redis://host:26379`); with `master`.
+    #[serde(default)]
+    pub sentinel: Vec<String>,
+    /// Name of the master the sentinels watch.
+    #[serde(default)]
+    pub master: Option<String>,
     /// Time allowed for one decision (default 100ms); past it, `on_failure` applies.
     #[serde(default)]
     pub timeout: Option<String>,
@@ -101,6 +107,9 @@ struct RedisLimiter {
 enum RedisTarget {
     Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
+    /// Asks the sentinels for the current master at every (re)connect, so a failover is
+    /// followed on the next decision after the old connection fails.
+    Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
 }
 
 #[derive(Clone)]
@@ -242,26 +251,53 @@ pub fn build(
                     .map_err(|_| err("redis.timeout", format!("invalid duration `{s}`")))?,
                 None => Duration::from_millis(100),
             };
-            let target_key = match (&r.url, r.cluster.is_empty()) {
-                (Some(u), true) => format!("single:{u}"),
-                (None, false) => format!("cluster:{}", r.cluster.join(",")),
+            let target_key = match (&r.url, r.cluster.is_empty(), r.sentinel.is_empty()) {
+                (Some(u), true, true) => format!("single:{u}"),
+                (None, false, true) => format!("cluster:{}", r.cluster.join(",")),
+                (None, true, false) => {
+                    let master =
+                        r.master
+                            .as_deref()
+                            .filter(|m| !m.is_empty())
+                            .ok_or_else(|| {
+                                err(
+                                    "redis.master",
+                                    "`sentinel` needs the `master` name the sentinels watch",
+                                )
+                            })?;
+                    format!("sentinel:{master}@{}", r.sentinel.join(","))
+                }
                 _ => {
                     return Err(err(
                         "redis",
-                        "give `url` (one Redis) or `cluster` (seed nodes), not both",
+                        "give one of `url` (one Redis), `cluster` (seed nodes) or `sentinel` (with `master`)",
                     ));
                 }
             };
             let limiter = crate::shared::try_shared(&format!("rl-redis:{target_key}"), || {
-                let target = match (&r.url, r.cluster.is_empty()) {
-                    (Some(u), true) => RedisTarget::Single(Box::new(
+                let target = if let Some(u) = &r.url {
+                    RedisTarget::Single(Box::new(
                         redis::Client::open(u.as_str())
                             .map_err(|e| err("redis.url", e.to_string()))?,
-                    )),
-                    _ => RedisTarget::Cluster(Box::new(
-                        redis::cluster::ClusterClient::new(r.cluster.clone())
+                    ))
+                } else if !r.cluster.is_empty() {
+                    RedisTarget::Cluster(Box::new(
+                        redis::cluster::ClusterClient::builder(r.cluster.clone())
+                            .connection_timeout(timeout.max(Duration::from_millis(50)))
+                            .response_timeout(timeout)
+                            .build()
                             .map_err(|e| err("redis.cluster", e.to_string()))?,
-                    )),
+                    ))
+                } else {
+                    RedisTarget::Sentinel(Box::new(tokio::sync::Mutex::new(
+                        redis::sentinel::SentinelClient::build(
+                            r.sentinel.clone(),
+                            r.master.clone().unwrap_or_default(),
+                            None,
+                            redis::sentinel::SentinelServerType::Master,
+                        )
+                        .map_err(|e| err("redis.sentinel", e.to_string()))?,
+                    )))
                 };
                 Ok::<_, PluginConfigError>(RedisLimiter {
                     target,
@@ -375,21 +411,32 @@ impl RateLimit {
                 match r.conn.load_full() {
                     Some(c) => (*c).clone(),
                     None => {
+                        let cfg = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(
+                                self.timeout.max(Duration::from_millis(50)),
+                            ))
+                            .set_response_timeout(Some(self.timeout))
+                            .set_number_of_retries(1);
                         let c = match &r.target {
-                            RedisTarget::Single(client) => {
-                                let cfg = redis::aio::ConnectionManagerConfig::new()
-                                    .set_connection_timeout(Some(
-                                        self.timeout.max(Duration::from_millis(50)),
-                                    ))
-                                    .set_response_timeout(Some(self.timeout))
-                                    .set_number_of_retries(1);
-                                RedisConn::Single(
-                                    redis::aio::ConnectionManager::new_with_config(
-                                        (**client).clone(),
-                                        cfg,
-                                    )
+                            RedisTarget::Single(client) => RedisConn::Single(
+                                redis::aio::ConnectionManager::new_with_config(
+                                    (**client).clone(),
+                                    cfg,
+                                )
+                                .await
+                                .map_err(|e| e.to_string())?,
+                            ),
+                            RedisTarget::Sentinel(s) => {
+                                let master = s
+                                    .lock()
                                     .await
-                                    .map_err(|e| e.to_string())?,
+                                    .async_get_client()
+                                    .await
+                                    .map_err(|e| format!("sentinel: {e}"))?;
+                                RedisConn::Single(
+                                    redis::aio::ConnectionManager::new_with_config(master, cfg)
+                                        .await
+                                        .map_err(|e| e.to_string())?,
                                 )
                             }
                             RedisTarget::Cluster(c) => RedisConn::Cluster(
@@ -483,7 +530,13 @@ impl RateLimit {
         match res {
             Ok(d) => self.apply(d, ctx),
             Err(e) => {
-                if e.contains("connection") || e.contains("refused") || e.contains("broken") {
+                // READONLY: the master we knew was demoted by a failover; ask again.
+                if e.contains("connection")
+                    || e.contains("refused")
+                    || e.contains("broken")
+                    || e.contains("READONLY")
+                    || e.contains("sentinel")
+                {
                     // Drop the connection so the next decision reconnects.
                     r.conn.store(None);
                 }
