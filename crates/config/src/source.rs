@@ -326,6 +326,15 @@ mod tests {
         assert_eq!(map.locate("list[0].x.nothing"), Some(Pos::new(4, 5)));
     }
 
+    /// A lone carriage return is a line break in YAML (found by the yaml_source fuzz target):
+    /// positions count it, as an editor that honours it would.
+    #[test]
+    fn lone_carriage_returns_break_lines() {
+        let (_, map) = parse("a: 1\r\rb: 2\r\nc: 3\n", &no_env).unwrap();
+        assert_eq!(map.exact("b"), Some(Pos::new(3, 1)));
+        assert_eq!(map.exact("c"), Some(Pos::new(4, 1)));
+    }
+
     #[test]
     fn scalars_follow_core_schema() {
         let (v, _) = parse(
