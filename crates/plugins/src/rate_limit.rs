@@ -102,6 +102,20 @@ struct RedisLimiter {
     connecting: tokio::sync::Mutex<()>,
     script: redis::Script,
     last_log: AtomicU64,
+    /// Unix ms until which Redis counts as down after a lost connection (0: not down). While
+    /// down, decisions take `on_failure` at once instead of each waiting for a reconnect that
+    /// will fail (under load they would queue behind the reconnect and each pay the timeout);
+    /// after it, one decision tries again.
+    down_until_ms: AtomicU64,
+}
+
+/// How long Redis counts as down after a lost connection before one decision tries again.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 enum RedisTarget {
@@ -305,6 +319,7 @@ pub fn build(
                     connecting: tokio::sync::Mutex::new(()),
                     script: redis::Script::new(GCRA_LUA),
                     last_log: AtomicU64::new(0),
+                    down_until_ms: AtomicU64::new(0),
                 })
             })?;
             (Backend::Redis(limiter), timeout)
@@ -522,13 +537,32 @@ impl RateLimit {
     }
 
     async fn decide_redis(&self, r: &RedisLimiter, key: String, ctx: &mut RequestCtx) -> Flow {
+        // One atomic load while Redis is fine; the clock is read only while it is marked down.
+        let down = r.down_until_ms.load(Ordering::Acquire);
+        if down != 0 {
+            let now = unix_ms();
+            let retry = now + REDIS_RETRY_AFTER.as_millis() as u64;
+            // Past the mark, exactly one decision (the one that moves the mark) tries Redis.
+            if now < down
+                || r.down_until_ms
+                    .compare_exchange(down, retry, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return self.unavailable(r, "Redis is down (retried once a second)", ctx);
+            }
+        }
         let res = tokio::time::timeout(self.timeout, self.redis(r, &key)).await;
         let res = match res {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
         match res {
-            Ok(d) => self.apply(d, ctx),
+            Ok(d) => {
+                if down != 0 {
+                    r.down_until_ms.store(0, Ordering::Release);
+                }
+                self.apply(d, ctx)
+            }
             Err(e) => {
                 // READONLY: the master we knew was demoted by a failover; ask again.
                 if e.contains("connection")
@@ -537,29 +571,39 @@ impl RateLimit {
                     || e.contains("READONLY")
                     || e.contains("sentinel")
                 {
-                    // Drop the connection so the next decision reconnects.
+                    // Drop the connection so the next decision reconnects, and mark Redis down
+                    // so the decisions until then do not queue behind that reconnect.
                     r.conn.store(None);
+                    r.down_until_ms.store(
+                        unix_ms() + REDIS_RETRY_AFTER.as_millis() as u64,
+                        Ordering::Release,
+                    );
                 }
-                self.redis_failed(r, &e);
-                if self.deny_on_failure {
-                    // A 429 comes with Retry-After and the RateLimit headers (contract).
-                    let one = HeaderValue::from_static("1");
-                    ctx.response_headers
-                        .push((RATELIMIT_LIMIT.clone(), self.limit_header.clone()));
-                    ctx.response_headers
-                        .push((RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0")));
-                    ctx.response_headers
-                        .push((RATELIMIT_RESET.clone(), one.clone()));
-                    Flow::Respond(Reply::Error {
-                        status: StatusCode::TOO_MANY_REQUESTS,
-                        code: "rate_limited",
-                        message: "the rate limiter is unavailable".into(),
-                        headers: vec![(http::header::RETRY_AFTER, one)],
-                    })
-                } else {
-                    Flow::Continue
-                }
+                self.unavailable(r, &e, ctx)
             }
+        }
+    }
+
+    /// A decision Redis could not make: counted, logged now and then, and `on_failure` applied.
+    fn unavailable(&self, r: &RedisLimiter, e: &str, ctx: &mut RequestCtx) -> Flow {
+        self.redis_failed(r, e);
+        if self.deny_on_failure {
+            // A 429 comes with Retry-After and the RateLimit headers (contract).
+            let one = HeaderValue::from_static("1");
+            ctx.response_headers
+                .push((RATELIMIT_LIMIT.clone(), self.limit_header.clone()));
+            ctx.response_headers
+                .push((RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0")));
+            ctx.response_headers
+                .push((RATELIMIT_RESET.clone(), one.clone()));
+            Flow::Respond(Reply::Error {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate_limited",
+                message: "the rate limiter is unavailable".into(),
+                headers: vec![(http::header::RETRY_AFTER, one)],
+            })
+        } else {
+            Flow::Continue
         }
     }
 }
