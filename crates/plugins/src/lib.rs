@@ -30,6 +30,7 @@ pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
 pub mod metrics;
+pub mod openapi;
 pub mod rate_limit;
 mod reply;
 pub mod request_termination;
@@ -168,6 +169,12 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// Warnings about this instance's config for `validate`, each as a lint policy name and a
+    /// message (e.g. parts of an API spec that cannot be enforced).
+    fn lints(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Request headers this plugin fills from verified data (identity headers). The gateway
     /// removes client-sent copies of them on every route, whether or not this plugin runs
     /// there, so no client can choose their value.
@@ -247,7 +254,7 @@ pub struct PluginSpec {
 
 /// Every plugin the gateway knows, by config name. Order of execution is by priority (higher
 /// first), as in Kong: IP rules, then CORS preflights, then authentication (client certificates
-/// first), then rate limits.
+/// first), then rate limits, then OpenAPI validation.
 pub static REGISTRY: &[PluginSpec] = &[
     PluginSpec {
         name: "ip_restriction",
@@ -278,6 +285,11 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "rate_limit",
         priority: 910,
         build: rate_limit::build,
+    },
+    PluginSpec {
+        name: "openapi",
+        priority: 800,
+        build: openapi::build,
     },
     PluginSpec {
         name: "request_termination",
