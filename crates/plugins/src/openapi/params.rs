@@ -77,7 +77,7 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn split_value<'a>(v: &'a str, style: Style) -> Vec<&'a str> {
+fn split_value(v: &str, style: Style) -> Vec<&str> {
     let sep = match style {
         Style::Pipe => '|',
         Style::Space => ' ',
