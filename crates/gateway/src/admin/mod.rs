@@ -32,7 +32,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/fleet", get(crate::fleet::admin::fleet))
         .route(
             "/admin/{kind}/{name}",
-            put(crate::fleet::admin::write).delete(crate::fleet::admin::write),
+            get(crate::fleet::admin::read)
+                .put(crate::fleet::admin::write)
+                .delete(crate::fleet::admin::write),
         )
         .route("/admin/slo", get(slo))
         .route("/admin/topology", get(topology))

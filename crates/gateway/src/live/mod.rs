@@ -71,10 +71,22 @@ pub struct Frame {
     pub json: String,
 }
 
+/// A route's counters at the previous sample.
+struct RouteLast {
+    requests: u64,
+    errors: u64,
+    /// Latency histogram sample count.
+    count: u64,
+    /// Cumulative latency histogram (empty until the route has traffic).
+    hist: Vec<(f64, u64)>,
+}
+
 #[derive(Default)]
 struct Last {
-    routes: HashMap<Arc<str>, (u64, u64, u64, Vec<(f64, u64)>)>,
+    routes: HashMap<Arc<str>, RouteLast>,
     targets: HashMap<(String, Arc<str>), (u64, u64)>,
+    /// A baseline was taken.
+    started: bool,
 }
 
 /// The ring of frames and the broadcast of new ones.
@@ -147,7 +159,7 @@ impl Live {
 
     fn sample(&self, snap: &Snapshot, secs: f64) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let first = last.routes.is_empty() && last.targets.is_empty();
+        let first = !std::mem::replace(&mut last.started, true);
         let mut routes = Vec::new();
         let mut seen = HashMap::with_capacity(snap.routes.len());
         for r in &snap.routes {
@@ -155,26 +167,34 @@ impl Live {
             let count = r.metrics.latency_count();
             let prev = last.routes.remove(&r.name);
             let (hist, point) = match prev {
-                Some((pr, pe, pc, ph)) if requests > pr => {
-                    let h = if count != pc {
+                Some(p) if requests > p.requests => {
+                    let h = if count != p.count {
                         r.metrics.latency_buckets()
                     } else {
-                        ph.clone()
+                        p.hist.clone()
                     };
-                    let p = RoutePoint {
+                    let point = RoutePoint {
                         name: r.name.clone(),
-                        requests: requests - pr,
-                        errors: errors.saturating_sub(pe),
-                        p99_ms: quantile(&h, &ph, 0.99),
+                        requests: requests - p.requests,
+                        errors: errors.saturating_sub(p.errors),
+                        p99_ms: quantile(&h, &p.hist, 0.99),
                     };
-                    (h, Some(p))
+                    (h, Some(point))
                 }
-                Some((_, _, _, ph)) => (ph, None),
+                Some(p) => (p.hist, None),
                 None if requests > 0 => (r.metrics.latency_buckets(), None),
                 None => (Vec::new(), None),
             };
             routes.extend(point);
-            seen.insert(r.name.clone(), (requests, errors, count, hist));
+            seen.insert(
+                r.name.clone(),
+                RouteLast {
+                    requests,
+                    errors,
+                    count,
+                    hist,
+                },
+            );
         }
         last.routes = seen;
         let mut targets = Vec::new();

@@ -2,5 +2,6 @@
 import { boot } from './app.js';
 import './pages.js';
 import './more.js';
+import './edit.js';
 
 boot();

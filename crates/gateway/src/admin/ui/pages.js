@@ -55,14 +55,17 @@ page('overview', async (main) => {
       const fl = await get('/admin/fleet');
       fill(box, el('p', { class: 'muted', text: `etcd prefix ${fl.prefix} · store generation ${fl.generation} · this node ${fl.this_node}` }),
         el('table', {},
-          el('thead', {}, el('tr', {}, ['Node', 'Generation', 'Hash', 'Applied', 'Last seen', 'State'].map((h) => el('th', { text: h })))),
+          el('thead', {}, el('tr', {}, ['Node', 'Zone', 'Version', 'Generation', 'Hash', 'Applied', 'Last seen', 'State', 'Last refused'].map((h) => el('th', { text: h })))),
           el('tbody', {}, (fl.nodes || []).map((n) => el('tr', {},
-            el('td', { text: n.id }),
+            el('td', { text: n.id + (n.id === fl.this_node ? ' (this node)' : '') }),
+            el('td', { text: n.zone || '–' }),
+            el('td', { text: n.version || '–' }),
             el('td', { class: 'num', text: String(n.generation) }),
             el('td', { text: String(n.hash || '').slice(0, 12) }),
             el('td', { text: when(n.applied_at) }),
             el('td', { text: fmt(n.seconds_since_seen) + ' s ago' }),
-            el('td', {}, n.lagging ? badge(`lagging ${fl.generation - n.generation}`, 'warn') : badge('in sync', 'ok')))))));
+            el('td', {}, n.lagging ? badge(`lagging ${fl.generation - n.generation}`, 'warn') : badge('in sync', 'ok')),
+            el('td', { text: n.rejected || '–' }))))));
     } catch (e) {
       fill(box, el('p', { class: 'err', text: 'Fleet unavailable: ' + e.message }));
     }
