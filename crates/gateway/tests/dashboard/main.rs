@@ -483,7 +483,11 @@ fn push(etcd: &stores::Etcd, yaml: &str) {
         .env("USER", "ci-bot")
         .output()
         .expect("run portcullis config push");
-    assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn shared(body: &str, upstream: &str) -> String {
@@ -517,49 +521,114 @@ async fn with_etcd_an_edit_through_the_page_applies_and_a_stale_one_is_refused()
     br.screenshot("overview-etcd").await;
 
     br.goto(&gw.admin_url("/ui/#/edit/routes/hello")).await;
-    let text = br.wait_for("the route as YAML", Duration::from_secs(10), "const t = document.getElementById('edit-yaml'); return t && t.value;").await;
+    let text = br
+        .wait_for(
+            "the route as YAML",
+            Duration::from_secs(10),
+            "const t = document.getElementById('edit-yaml'); return t && t.value;",
+        )
+        .await;
     assert!(text.as_str().unwrap_or("").contains("\"v1\""), "{text}");
     let set_yaml = "const t = document.getElementById('edit-yaml'); t.value = t.value.replace(arguments[0], arguments[1]); t.dispatchEvent(new Event('input'));";
     let click = "document.getElementById(arguments[0]).click();";
 
     // An invalid change: refused by the gateway's validation, with the reason.
-    br.js(set_yaml, json!(["direct_response", "upstream: nosuch\ndirect_response"])).await;
+    br.js(
+        set_yaml,
+        json!(["direct_response", "upstream: nosuch\ndirect_response"]),
+    )
+    .await;
     br.js(click, json!(["edit-preview"])).await;
-    let refusal = br.wait_for("the refusal", Duration::from_secs(10), "const e = document.getElementById('edit-invalid'); return e && e.textContent;").await;
-    assert!(refusal.as_str().unwrap_or("").contains("nothing was written"), "{refusal}");
-    assert_eq!(br.js("return document.getElementById('edit-apply').disabled;", json!([])).await, json!(true));
-    br.js(set_yaml, json!(["upstream: nosuch\ndirect_response", "direct_response"])).await;
+    let refusal = br
+        .wait_for(
+            "the refusal",
+            Duration::from_secs(10),
+            "const e = document.getElementById('edit-invalid'); return e && e.textContent;",
+        )
+        .await;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing was written"),
+        "{refusal}"
+    );
+    assert_eq!(
+        br.js(
+            "return document.getElementById('edit-apply').disabled;",
+            json!([])
+        )
+        .await,
+        json!(true)
+    );
+    br.js(
+        set_yaml,
+        json!(["upstream: nosuch\ndirect_response", "direct_response"]),
+    )
+    .await;
 
     // A valid change: previewed as a diff, then applied and served.
-    br.js(set_yaml, json!(["\"v1\"", "\"v2 from the page\""])).await;
+    br.js(set_yaml, json!(["\"v1\"", "\"v2 from the page\""]))
+        .await;
     br.js(click, json!(["edit-preview"])).await;
-    let diff = br.wait_for("the diff", Duration::from_secs(10), "const d = document.querySelector('#edit-diff pre'); return d && d.textContent;").await;
-    assert!(diff.as_str().unwrap_or("").contains("v2 from the page"), "{diff}");
-    assert!(serves(&gw, "/hello", "v1").await, "a preview must not write");
+    let diff = br
+        .wait_for(
+            "the diff",
+            Duration::from_secs(10),
+            "const d = document.querySelector('#edit-diff pre'); return d && d.textContent;",
+        )
+        .await;
+    assert!(
+        diff.as_str().unwrap_or("").contains("v2 from the page"),
+        "{diff}"
+    );
+    assert!(
+        serves(&gw, "/hello", "v1").await,
+        "a preview must not write"
+    );
     br.screenshot("edit-preview").await;
     br.js(click, json!(["edit-apply"])).await;
     let done = br.wait_for("applied", Duration::from_secs(10), "const r = document.getElementById('edit-result'); return r && /Applied/.test(r.textContent) && r.textContent;").await;
-    assert!(done.as_str().unwrap_or("").contains("generation 2"), "{done}");
+    assert!(
+        done.as_str().unwrap_or("").contains("generation 2"),
+        "{done}"
+    );
     assert!(serves(&gw, "/hello", "v2 from the page").await);
     let h = get(&gw.admin_url("/admin/config/history")).await.json();
-    assert_eq!(h[0]["author"], "dashboard");
-    assert_eq!(h[0]["via"], "admin");
+    assert_eq!(h["entries"][0]["author"], "dashboard");
+    assert_eq!(h["entries"][0]["via"], "admin");
 
     // Someone else changes the store; the page's edit (made at generation 2) is refused.
     push(&etcd, &shared("v3 from the CLI", &a.address));
     assert!(serves(&gw, "/hello", "v3 from the CLI").await);
-    br.js(set_yaml, json!(["v2 from the page", "v4 stale"])).await;
+    br.js(set_yaml, json!(["v2 from the page", "v4 stale"]))
+        .await;
     br.js(click, json!(["edit-preview"])).await;
-    let stale = br.wait_for("the stale refusal", Duration::from_secs(10), "const e = document.getElementById('edit-stale'); return e && e.textContent;").await;
+    let stale = br
+        .wait_for(
+            "the stale refusal",
+            Duration::from_secs(10),
+            "const e = document.getElementById('edit-stale'); return e && e.textContent;",
+        )
+        .await;
     let stale = stale.as_str().unwrap_or("").to_owned();
-    assert!(stale.contains("changed since you loaded it") && stale.contains("generation 3"), "{stale}");
+    assert!(
+        stale.contains("changed since you loaded it") && stale.contains("generation 3"),
+        "{stale}"
+    );
     br.screenshot("edit-stale").await;
     assert!(serves(&gw, "/hello", "v3 from the CLI").await);
     no_errors_but(&br, "edit", &["status of 412", "status of 422"]).await;
 
     // The history page shows the page's change with its author and diff.
     br.goto(&gw.admin_url("/ui/#/history/2")).await;
-    let d = br.wait_for("history diff", Duration::from_secs(10), "const d = document.querySelector('#history-detail pre'); return d && d.textContent;").await;
+    let d = br
+        .wait_for(
+            "history diff",
+            Duration::from_secs(10),
+            "const d = document.querySelector('#history-detail pre'); return d && d.textContent;",
+        )
+        .await;
     assert!(d.as_str().unwrap_or("").contains("v2 from the page"), "{d}");
     br.screenshot("history-etcd").await;
 }

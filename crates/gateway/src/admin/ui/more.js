@@ -164,7 +164,8 @@ export function diffView(text) {
 }
 
 page('history', async (main, args) => {
-  const [entries, slo] = await Promise.all([get('/admin/config/history'), get('/admin/slo').catch(() => ({ routes: [] }))]);
+  const [hist, slo] = await Promise.all([get('/admin/config/history'), get('/admin/slo').catch(() => ({ routes: [] }))]);
+  const entries = hist.entries || [];
   const suspects = new Map();
   for (const r of slo.routes || []) {
     if (r.suspect_change) {
