@@ -56,6 +56,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("more.js"),
     ),
+    (
+        "edit.js",
+        "text/javascript; charset=utf-8",
+        include_str!("edit.js"),
+    ),
     ("favicon.svg", "image/svg+xml", include_str!("favicon.svg")),
 ];
 
