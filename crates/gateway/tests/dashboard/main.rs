@@ -75,6 +75,7 @@ routes:
   - name: api
     match: {{ path_prefix: /api }}
     upstream: app
+    slo: {{ success_rate: 99.9, p99: 300ms }}
   - name: "{XSS}"
     match: {{ path: /xss }}
     upstream: app
@@ -259,6 +260,12 @@ async fn pages_show_live_state_and_a_killed_target_turns_unhealthy() {
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         br.screenshot(p).await;
+        if p == "slo" {
+            let row = br
+                .wait_for("the api SLO", Duration::from_secs(5), "const r = document.querySelector('#slo-table tr[data-route=\"api\"]'); return r && r.textContent;")
+                .await;
+            assert!(row.as_str().unwrap_or("").contains("met"), "{row}");
+        }
         if p == "policies" {
             // Shown when the endpoint answers, a clear "not available" while it does not.
             let shown = br

@@ -127,11 +127,12 @@ page('routes', async (main, args) => {
     el('option', { value: 'errors', text: 'With errors now' }));
   const count = el('span', { class: 'muted', id: 'route-count' });
   const spacer = el('div', { class: 'spacer' });
-  const box = el('div', { class: 'vlist', id: 'route-list' }, spacer);
+  // The header scrolls with the rows' width (scrollbar included) and stays on top.
+  const head = el('div', { class: 'vhead' }, ['Name', 'Path', 'Methods', 'Upstream', 'Rate', 'Errors', 'p99', 'Last 60 s'].map((h, i) => el('span', { class: i >= 4 && i < 7 ? 'num' : '', text: h })));
+  const box = el('div', { class: 'vlist', id: 'route-list' }, head, spacer);
   fill(main,
     el('h1', { text: 'Routes' }),
     el('div', { class: 'toolbar' }, search, only, count),
-    el('div', { class: 'vhead' }, ['Name', 'Path', 'Methods', 'Upstream', 'Rate', 'Errors', 'p99', 'Last 60 s'].map((h, i) => el('span', { class: i >= 4 && i < 7 ? 'num' : '', text: h }))),
     box);
   let shown = list;
   const latest = () => live.frames[live.frames.length - 1] || { routes: {} };
@@ -212,7 +213,7 @@ async function routeDetail(main, name) {
       : [el('span', { text: a.direct_response ? `direct response ${a.direct_response.status}` : '–' })];
   const charts = el('div', { class: 'charts' });
   fill(main,
-    el('p', {}, el('a', { href: '#/routes', text: '← Routes' })),
+    el('p', {}, el('a', { href: '#/routes', text: '← Routes' }), ' · ', el('a', { href: '#/edit/routes/' + encodeURIComponent(r.name), text: 'Edit (etcd)' })),
     el('h1', { text: r.name }),
     el('dl', { class: 'kv' },
       el('dt', { text: 'Priority' }), el('dd', { text: String(r.priority) }),
