@@ -67,8 +67,6 @@ pub struct Frame {
     pub routes: Vec<RoutePoint>,
     /// Every target.
     pub targets: Vec<TargetPoint>,
-    /// The frame as the stream sends it.
-    pub json: String,
 }
 
 /// A route's counters at the previous sample.
@@ -92,7 +90,8 @@ struct Last {
 /// The ring of frames and the broadcast of new ones.
 pub struct Live {
     ring: Mutex<VecDeque<Arc<Frame>>>,
-    tx: broadcast::Sender<Arc<Frame>>,
+    /// New frames as the stream sends them (JSON made once per second, only when listened to).
+    tx: broadcast::Sender<Arc<str>>,
     last: Mutex<Last>,
 }
 
@@ -223,18 +222,25 @@ impl Live {
             // The first sample only sets the baseline.
             return;
         }
-        let frame = Arc::new(Frame::new(unix_ms(), secs, routes, targets));
+        let frame = Arc::new(Frame {
+            t_ms: unix_ms(),
+            secs,
+            routes,
+            targets,
+        });
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.len() == KEEP_SECONDS {
             ring.pop_front();
         }
         ring.push_back(frame.clone());
         drop(ring);
-        let _ = self.tx.send(frame);
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(frame.json().into());
+        }
     }
 
-    /// New frames as they are made.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+    /// New frames as they are made, as JSON.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.tx.subscribe()
     }
 
@@ -288,10 +294,12 @@ impl Live {
 }
 
 impl Frame {
-    fn new(t_ms: u64, secs: f64, routes: Vec<RoutePoint>, targets: Vec<TargetPoint>) -> Self {
+    /// The frame as the stream sends it.
+    pub fn json(&self) -> String {
+        let secs = self.secs;
         let mut r = Map::new();
         let (mut req, mut err) = (0, 0);
-        for p in &routes {
+        for p in &self.routes {
             req += p.requests;
             err += p.errors;
             r.insert(
@@ -303,7 +311,8 @@ impl Frame {
                 }),
             );
         }
-        let t: Vec<Value> = targets
+        let t: Vec<Value> = self
+            .targets
             .iter()
             .map(|p| {
                 json!({
@@ -317,20 +326,13 @@ impl Frame {
                 })
             })
             .collect();
-        let json = json!({
-            "t": t_ms,
+        json!({
+            "t": self.t_ms,
             "totals": {"rate": req as f64 / secs, "error_rate": ratio(err, req)},
             "routes": r,
             "targets": t,
         })
-        .to_string();
-        Self {
-            t_ms,
-            secs,
-            routes,
-            targets,
-            json,
-        }
+        .to_string()
     }
 }
 

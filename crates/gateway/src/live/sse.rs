@@ -34,7 +34,7 @@ pub async fn stream(
         (old.into_iter(), rx, shutdown),
         |(mut old, mut rx, mut shutdown)| async move {
             if let Some(f) = old.next() {
-                let ev = Event::default().event("sample").data(f.json.clone());
+                let ev = Event::default().event("sample").data(f.json());
                 return Some((Ok::<_, Infallible>(ev), (old, rx, shutdown)));
             }
             loop {
@@ -44,7 +44,7 @@ pub async fn stream(
                 tokio::select! {
                     got = rx.recv() => match got {
                         Ok(f) => {
-                            let ev = Event::default().event("sample").data(f.json.clone());
+                            let ev = Event::default().event("sample").data(&*f);
                             return Some((Ok(ev), (old, rx, shutdown)));
                         }
                         Err(RecvError::Lagged(_)) => continue,
