@@ -20,6 +20,7 @@ mod errors;
 mod fleet;
 mod framing;
 mod history;
+mod live;
 mod logging;
 mod metrics;
 mod otel;
