@@ -34,6 +34,7 @@ pub mod rate_limit;
 mod reply;
 pub mod request_termination;
 pub mod shared;
+pub mod transcode;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -168,6 +169,12 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// What the admin API shows of this plugin beside its name (`grpc_transcode`: each HTTP
+    /// method and template with the gRPC method it calls); `None`: nothing.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Request headers this plugin fills from verified data (identity headers). The gateway
     /// removes client-sent copies of them on every route, whether or not this plugin runs
     /// there, so no client can choose their value.
@@ -278,6 +285,11 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "rate_limit",
         priority: 910,
         build: rate_limit::build,
+    },
+    PluginSpec {
+        name: "grpc_transcode",
+        priority: 500,
+        build: transcode::build,
     },
     PluginSpec {
         name: "request_termination",
