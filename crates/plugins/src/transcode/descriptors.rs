@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use http::Method;
-use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     Value,
@@ -116,23 +115,31 @@ pub enum Source {
     },
 }
 
-/// Loads the pool. Errors name the file and the reason.
+/// The embedded Google API files and the well-known types they import.
+fn embedded_compiler() -> Result<protox::Compiler, String> {
+    let mut chain = ChainFileResolver::new();
+    chain.add(Embedded);
+    chain.add(GoogleFileResolver::new());
+    let mut c = protox::Compiler::with_file_resolver(chain);
+    let names: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+    c.open_files(names)
+        .map_err(|e| format!("the built-in Google API files: {e}"))?;
+    Ok(c)
+}
+
+/// Loads the pool, with the Google API files always in it (so `google.rpc.Status` details and
+/// `HttpBody` are known). Errors name the file and the reason.
 pub fn load_pool(source: &Source) -> Result<DescriptorPool, String> {
     match source {
         Source::Set(path) => {
             let bytes = std::fs::read(path)
                 .map_err(|e| format!("cannot read descriptor set {}: {e}", path.display()))?;
-            let set = prost_reflect::prost_types::FileDescriptorSet::decode(bytes.as_slice())
-                .map_err(|e| format!("{} is not a FileDescriptorSet: {e}", path.display()))?;
-            let names: Vec<String> = set.file.iter().map(|f| f.name().to_owned()).collect();
-            let mut chain = ChainFileResolver::new();
-            chain.add(DescriptorSetFileResolver::new(set));
-            chain.add(Embedded);
-            chain.add(GoogleFileResolver::new());
-            let mut c = protox::Compiler::with_file_resolver(chain);
-            c.open_files(&names)
+            // Decoded by prost-reflect itself so that options (the http annotations) survive;
+            // files the set repeats from the built-in ones are skipped.
+            let mut pool = embedded_compiler()?.descriptor_pool();
+            pool.decode_file_descriptor_set(bytes.as_slice())
                 .map_err(|e| format!("descriptor set {}: {e}", path.display()))?;
-            Ok(c.descriptor_pool())
+            Ok(pool)
         }
         Source::Protos { files, include } => {
             let mut chain = ChainFileResolver::new();
@@ -145,6 +152,10 @@ pub fn load_pool(source: &Source) -> Result<DescriptorPool, String> {
             for f in files {
                 c.open_file(f)
                     .map_err(|e| format!("{}: {e}", f.display()))?;
+            }
+            for (name, _) in EMBEDDED {
+                c.open_file(name)
+                    .map_err(|e| format!("the built-in {name}: {e}"))?;
             }
             Ok(c.descriptor_pool())
         }

@@ -439,7 +439,9 @@ impl Plugin for GrpcTranscode {
             match out.pop() {
                 Some(m) if out.is_empty() => m,
                 _ => {
-                    return upstream_error("the upstream did not answer exactly one message".into());
+                    return upstream_error(
+                        "the upstream did not answer exactly one message".into(),
+                    );
                 }
             }
         };
