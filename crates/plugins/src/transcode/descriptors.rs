@@ -9,9 +9,7 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     Value,
 };
-use protox::file::{
-    ChainFileResolver, DescriptorSetFileResolver, File, FileResolver, GoogleFileResolver,
-};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
 use super::template::Template;
 
