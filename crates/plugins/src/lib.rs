@@ -35,6 +35,7 @@ pub mod rate_limit;
 mod reply;
 pub mod request_termination;
 pub mod shared;
+pub mod transcode;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -175,6 +176,12 @@ pub trait Plugin: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What the admin API shows of this plugin beside its name (`grpc_transcode`: each HTTP
+    /// method and template with the gRPC method it calls); `None`: nothing.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Request headers this plugin fills from verified data (identity headers). The gateway
     /// removes client-sent copies of them on every route, whether or not this plugin runs
     /// there, so no client can choose their value.
@@ -290,6 +297,11 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "openapi",
         priority: 800,
         build: openapi::build,
+    },
+    PluginSpec {
+        name: "grpc_transcode",
+        priority: 500,
+        build: transcode::build,
     },
     PluginSpec {
         name: "request_termination",

@@ -180,7 +180,16 @@ async fn routes(State(c): State<Arc<Control>>) -> Response {
                 }
                 RouteAction::Direct(d) => json!({"direct_response": {"status": d.status.as_u16()}}),
             };
-            json!({
+            let operations: Vec<Value> = rt
+                .plugins
+                .iter()
+                .filter_map(|p| p.describe())
+                .flat_map(|d| match d {
+                    Value::Array(a) => a,
+                    other => vec![other],
+                })
+                .collect();
+            let mut route = json!({
                 "name": &*rt.name,
                 "priority": spec.priority,
                 "hosts": spec.hosts.iter().map(|h| match h {
@@ -193,7 +202,11 @@ async fn routes(State(c): State<Arc<Control>>) -> Response {
                 "query": spec.query.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
                 "action": action,
                 "plugins": rt.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
-            })
+            });
+            if !operations.is_empty() {
+                route["operations"] = Value::Array(operations);
+            }
+            route
         })
         .collect();
     Json200(Value::Array(list)).into_response()
