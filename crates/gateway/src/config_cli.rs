@@ -323,7 +323,10 @@ fn load(path: &Path) -> Result<SharedDoc, Fail> {
     for w in &cfg.warnings {
         eprintln!("{w}");
     }
-    Snapshot::build(cfg, None, &Metrics::new()).map_err(invalid)?;
+    let snap = Snapshot::build(cfg, None, &Metrics::new()).map_err(invalid)?;
+    for w in &snap.lints {
+        eprintln!("{w}");
+    }
     Ok(doc)
 }
 

@@ -28,6 +28,10 @@ pub struct Control {
     listeners: tokio::sync::Mutex<Listeners>,
     /// Target rates for the topology view.
     pub sampler: Arc<crate::topology::TargetSampler>,
+    /// The outcome of the last reload attempt (time, trigger, result, problems).
+    pub last_reload: std::sync::Mutex<Option<serde_json::Value>>,
+    /// One-second frames for the dashboard's stream.
+    pub live: Arc<crate::live::Live>,
     /// Unix ms when the gateway started.
     pub started_ms: u64,
     /// The admin API's bound address, once bound.
@@ -98,10 +102,13 @@ impl Control {
         shared.metrics.set_config(&hash);
         shared.ready.store(ready, Ordering::Release);
         let sampler = crate::topology::TargetSampler::spawn(shared.clone());
+        let live = crate::live::Live::spawn(shared.clone());
         Ok(Arc::new(Self {
             shared,
             listeners: tokio::sync::Mutex::new(listeners),
             sampler,
+            live,
+            last_reload: std::sync::Mutex::new(None),
             started_ms: (unix_seconds(SystemTime::now()) * 1000.0) as u64,
             admin_addr: std::sync::OnceLock::new(),
         }))
@@ -215,6 +222,7 @@ impl Control {
             self.shared.ready.store(true, Ordering::Release);
         }
         self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
+        self.note_reload(trigger, Ok(&hash));
         self.shared.metrics.set_config(&hash);
         info!(
             trigger,
@@ -226,12 +234,26 @@ impl Control {
         Ok(hash)
     }
 
+    fn note_reload(&self, trigger: &str, outcome: Result<&str, &[String]>) {
+        let at = unix_seconds(SystemTime::now());
+        let v = match outcome {
+            Ok(hash) => {
+                serde_json::json!({"at": at, "trigger": trigger, "result": "ok", "hash": hash})
+            }
+            Err(problems) => serde_json::json!({
+                "at": at, "trigger": trigger, "result": "refused", "problems": problems,
+            }),
+        };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
     fn refuse(&self, trigger: &str, problems: Vec<String>) -> Refused {
         self.shared
             .metrics
             .reloads
             .with_label_values(&["failed"])
             .inc();
+        self.note_reload(trigger, Err(&problems));
         for p in &problems {
             error!(
                 trigger,

@@ -20,6 +20,7 @@ mod errors;
 mod fleet;
 mod framing;
 mod history;
+mod live;
 mod logging;
 mod metrics;
 mod otel;
@@ -127,12 +128,20 @@ fn validate(path: &Path) -> ExitCode {
     }
     let (routes, upstreams, warnings) = (cfg.routes.len(), cfg.upstreams.len(), cfg.warnings.len());
     // Plugin configs and certificate files are checked by building the runtime snapshot.
-    if let Err(errs) = Snapshot::build(cfg, None, &Metrics::new()) {
-        for e in &errs.0 {
-            eprintln!("{e}");
+    let warnings = match Snapshot::build(cfg, None, &Metrics::new()) {
+        Ok(snap) => {
+            for w in &snap.lints {
+                eprintln!("{w}");
+            }
+            warnings + snap.lints.len()
         }
-        return ExitCode::from(1);
-    }
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
     println!(
         "{}: ok ({routes} routes, {upstreams} upstreams, {warnings} warnings)",
         path.display()

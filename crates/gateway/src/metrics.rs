@@ -120,6 +120,34 @@ impl RouteMetrics {
         cell.get()
     }
 
+    /// Requests observed by the latency histogram so far (one atomic read; 0 before the
+    /// route's first request, when its series do not exist yet).
+    pub fn latency_count(&self) -> u64 {
+        self.series
+            .get()
+            .map_or(0, |s| s.latency.get_sample_count())
+    }
+
+    /// The latency histogram as cumulative counts per bucket with the buckets' upper bounds
+    /// in milliseconds (the last is +Inf). Reads the histogram; off the request path.
+    pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
+        use prometheus::core::Metric as _;
+        let Some(series) = self.series.get() else {
+            let mut v: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().map(|b| (b * 1000.0, 0)).collect();
+            v.push((f64::INFINITY, 0));
+            return v;
+        };
+        let m = series.latency.metric();
+        let mut v: Vec<(f64, u64)> = m
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound() * 1000.0, b.cumulative_count()))
+            .collect();
+        v.push((f64::INFINITY, m.get_histogram().get_sample_count()));
+        v
+    }
+
     /// Records a finished request.
     pub fn finish(&self, rec: &Record, bytes_out: u64, total: Duration, _complete: bool) {
         self.in_flight.dec();

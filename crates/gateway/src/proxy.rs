@@ -177,6 +177,7 @@ async fn serve(
     }
     let mut ctx = RequestCtx::new(rid, client_ip, conn.listener.name.clone());
     ctx.route = route.name.clone();
+    ctx.timeout = route.timeout;
     ctx.client_cert.clone_from(&conn.client_cert);
 
     for p in &route.plugins {

@@ -95,6 +95,8 @@ pub struct Snapshot {
     pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Warnings plugins found in their config (shown by `validate`).
+    pub lints: Vec<portcullis_config::Lint>,
 }
 
 impl Snapshot {
@@ -107,6 +109,16 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
         let at = |path: &str, msg: String| config.error_at(path, msg);
+        let mut lints = Vec::new();
+        let mut lint = |field: &str, p: &dyn Plugin| {
+            for (policy, msg) in p.lints() {
+                lints.push(portcullis_config::Lint {
+                    severity: portcullis_config::Severity::Warning,
+                    policy,
+                    error: config.error_at(field, msg),
+                });
+            }
+        };
 
         let mut listeners = HashMap::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -225,6 +237,7 @@ impl Snapshot {
             };
             match build_plugin(p, &bctx) {
                 Ok(inst) => {
+                    lint(&p.field, &*inst);
                     global.insert(p.name.clone(), inst);
                 }
                 Err(e) => errors.push(at(&e.0, e.1)),
@@ -255,7 +268,10 @@ impl Snapshot {
                         base_dir: &base_dir,
                     };
                     match build_plugin(p, &bctx) {
-                        Ok(i) => Some(i),
+                        Ok(i) => {
+                            lint(&p.field, &*i);
+                            Some(i)
+                        }
                         Err(e) => {
                             errors.push(at(&e.0, e.1));
                             None
@@ -390,6 +406,7 @@ impl Snapshot {
             tracer,
             dns,
             loaded_at: SystemTime::now(),
+            lints,
         })
     }
 }

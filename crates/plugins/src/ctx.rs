@@ -25,6 +25,8 @@ pub struct RequestCtx {
     /// Set when `client_cert` admitted the request on the strength of that certificate: the
     /// access log then names its subject.
     pub client_cert_authenticated: bool,
+    /// The route's whole-request deadline, when it has one.
+    pub timeout: Option<std::time::Duration>,
     /// Headers to add to the response to the client (e.g. rate limit state).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Typed per-request values plugins pass to each other or to later phases.
@@ -42,6 +44,7 @@ impl RequestCtx {
             consumer: None,
             client_cert: None,
             client_cert_authenticated: false,
+            timeout: None,
             response_headers: Vec::new(),
             extensions: Extensions::new(),
         }

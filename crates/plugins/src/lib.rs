@@ -30,10 +30,12 @@ pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
 pub mod metrics;
+pub mod openapi;
 pub mod rate_limit;
 mod reply;
 pub mod request_termination;
 pub mod shared;
+pub mod transcode;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -168,6 +170,18 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// Warnings about this instance's config for `validate`, each as a lint policy name and a
+    /// message (e.g. parts of an API spec that cannot be enforced).
+    fn lints(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// What the admin API shows of this plugin beside its name (`grpc_transcode`: each HTTP
+    /// method and template with the gRPC method it calls); `None`: nothing.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Request headers this plugin fills from verified data (identity headers). The gateway
     /// removes client-sent copies of them on every route, whether or not this plugin runs
     /// there, so no client can choose their value.
@@ -247,7 +261,7 @@ pub struct PluginSpec {
 
 /// Every plugin the gateway knows, by config name. Order of execution is by priority (higher
 /// first), as in Kong: IP rules, then CORS preflights, then authentication (client certificates
-/// first), then rate limits.
+/// first), then rate limits, then OpenAPI validation.
 pub static REGISTRY: &[PluginSpec] = &[
     PluginSpec {
         name: "ip_restriction",
@@ -278,6 +292,16 @@ pub static REGISTRY: &[PluginSpec] = &[
         name: "rate_limit",
         priority: 910,
         build: rate_limit::build,
+    },
+    PluginSpec {
+        name: "openapi",
+        priority: 800,
+        build: openapi::build,
+    },
+    PluginSpec {
+        name: "grpc_transcode",
+        priority: 500,
+        build: transcode::build,
     },
     PluginSpec {
         name: "request_termination",

@@ -1,10 +1,11 @@
 //! Admin API of the config plane: `GET /admin/config/history[/GENERATION]`, `GET /admin/fleet`,
-//! and `PUT`/`DELETE /admin/{routes,upstreams,plugins,policies}/NAME` (with etcd).
+//! and `GET`/`PUT`/`DELETE /admin/{routes,upstreams,plugins,policies}/NAME` (with etcd).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_config::shared::Kind;
@@ -97,15 +98,99 @@ pub async fn fleet(State(c): State<Arc<Control>>) -> Response {
     })
 }
 
+/// `GET /admin/{kind}/NAME` (with etcd): the object as stored, as JSON and as YAML, with the
+/// store's generation (also as `ETag`, for `If-Match` on the change that follows).
+pub async fn read(
+    State(c): State<Arc<Control>>,
+    Path((section, name)): Path<(String, String)>,
+) -> Response {
+    let Some(kind) = Kind::from_section(&section) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such admin resource");
+    };
+    let Some(f) = c.shared.fleet.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "read_only_config",
+            "this gateway reads its config from a file; objects are read and changed through the admin API with config_source.etcd",
+        );
+    };
+    let res: Result<Response, StoreError> = async {
+        let st = f.connect().await?;
+        let read = st.read().await?;
+        let d = match decode(&st.layout, &read) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(error(
+                    StatusCode::CONFLICT,
+                    "store_invalid",
+                    &format!("the store holds invalid objects: {e}"),
+                ));
+            }
+        };
+        let Some(v) = d.doc.get(kind, &name) else {
+            return Ok(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no {kind} `{name}` in the store"),
+            ));
+        };
+        let mut r = json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": kind.to_string(),
+                "name": name,
+                "generation": d.generation,
+                "object": v,
+                "yaml": portcullis_config::shared::yaml::to_yaml(v),
+            }),
+        );
+        r.headers_mut().insert(header::ETAG, etag(d.generation));
+        Ok(r)
+    }
+    .await;
+    res.unwrap_or_else(|e| unavailable(&e))
+}
+
+/// The body of a `PUT`: a JSON object, or YAML with `Content-Type: application/yaml`.
+fn object_of(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
+    let yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("yaml"));
+    let v = if yaml {
+        let text = std::str::from_utf8(body).map_err(|_| "the YAML is not UTF-8".to_owned())?;
+        // No environment lookups: `${NAME}` from an API client must not read the node's env.
+        portcullis_config::source::parse(text, &|_| None)
+            .map(|(v, _)| v)
+            .map_err(|errs| {
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|_| "the body must be the object as a JSON object".to_owned())?
+    };
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err("the body must be one object (a mapping)".to_owned())
+    }
+}
+
 /// `PUT`/`DELETE /admin/{kind}/NAME`: one object changed in the store, the whole result
 /// validated first, `If-Match: GENERATION` honoured (412 when the store moved on).
+/// `?dry_run=true` validates and answers the diff without writing.
 pub async fn write(
     State(c): State<Arc<Control>>,
     method: Method,
     Path((section, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
     let Some(kind) = Kind::from_section(&section) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such admin resource");
     };
@@ -130,15 +215,9 @@ pub async fn write(
         );
     }
     let value = if method == Method::PUT {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) if v.is_object() => Some(v),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the body must be the object as a JSON object",
-                );
-            }
+        match object_of(&headers, &body) {
+            Ok(v) => Some(v),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e),
         }
     } else {
         None
@@ -248,6 +327,20 @@ pub async fn write(
                 &e.to_string(),
             );
         }
+    }
+    if dry_run {
+        let mut r = json_response(
+            StatusCode::OK,
+            &json!({
+                "dry_run": true,
+                "generation": old.generation,
+                "summary": diff.summary(),
+                "changes": diff.brief(),
+                "diff_text": diff.to_string(),
+            }),
+        );
+        r.headers_mut().insert(header::ETAG, etag(old.generation));
+        return r;
     }
     let change = Change {
         author: &author,

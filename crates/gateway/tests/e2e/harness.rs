@@ -65,6 +65,16 @@ impl Gateway {
         prepare: impl FnOnce(&std::path::Path),
         env: &[(&str, &str)],
     ) -> Gateway {
+        Self::start_within(yaml, prepare, env, Duration::from_secs(20))
+    }
+
+    /// `start_full` allowing `timeout` to come up (large configs on a debug build).
+    pub fn start_within(
+        yaml: &str,
+        prepare: impl FnOnce(&std::path::Path),
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
         std::fs::write(dir.path().join("portcullis.yaml"), yaml).expect("write config");
@@ -100,7 +110,7 @@ impl Gateway {
             admin: "127.0.0.1:0".parse().expect("addr"),
             logs,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + timeout;
         loop {
             let lines = gw.log_lines();
             for line in &lines {

@@ -1,4 +1,7 @@
-//! The admin API: health, readiness, metrics, the running config, routes, upstreams, reload.
+//! The admin API: health, readiness, metrics, the running config, routes, upstreams, reload,
+//! the live stream, and the dashboard (`ui/`).
+
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::control::{Control, unix_seconds};
@@ -29,10 +32,15 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/fleet", get(crate::fleet::admin::fleet))
         .route(
             "/admin/{kind}/{name}",
-            put(crate::fleet::admin::write).delete(crate::fleet::admin::write),
+            get(crate::fleet::admin::read)
+                .put(crate::fleet::admin::write)
+                .delete(crate::fleet::admin::write),
         )
         .route("/admin/slo", get(slo))
         .route("/admin/topology", get(topology))
+        .route("/admin/stream", get(crate::live::sse::stream))
+        .route("/admin/series", get(crate::live::sse::series))
+        .route("/admin/status", get(status))
         .route("/admin/log_level", get(get_log_level).put(set_log_level))
         .route_layer(middleware::from_fn_with_state(
             control.clone(),
@@ -46,6 +54,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .merge(ui::router())
         .with_state(control)
 }
 
@@ -171,7 +180,16 @@ async fn routes(State(c): State<Arc<Control>>) -> Response {
                 }
                 RouteAction::Direct(d) => json!({"direct_response": {"status": d.status.as_u16()}}),
             };
-            json!({
+            let operations: Vec<Value> = rt
+                .plugins
+                .iter()
+                .filter_map(|p| p.describe())
+                .flat_map(|d| match d {
+                    Value::Array(a) => a,
+                    other => vec![other],
+                })
+                .collect();
+            let mut route = json!({
                 "name": &*rt.name,
                 "priority": spec.priority,
                 "hosts": spec.hosts.iter().map(|h| match h {
@@ -184,7 +202,11 @@ async fn routes(State(c): State<Arc<Control>>) -> Response {
                 "query": spec.query.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
                 "action": action,
                 "plugins": rt.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
-            })
+            });
+            if !operations.is_empty() {
+                route["operations"] = Value::Array(operations);
+            }
+            route
         })
         .collect();
     Json200(Value::Array(list)).into_response()
@@ -266,6 +288,57 @@ async fn topology(State(c): State<Arc<Control>>) -> Response {
         &listeners,
         c.started_ms,
     ))
+    .into_response()
+}
+
+/// `GET /admin/status`: what the dashboard's overview shows.
+async fn status(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    let now_ms = (unix_seconds(std::time::SystemTime::now()) * 1000.0) as u64;
+    let (mut requests, mut errors) = (0u64, 0u64);
+    for r in &snap.routes {
+        let (n, e) = r.metrics.stats.totals();
+        requests += n;
+        errors += e;
+    }
+    let targets: Vec<_> = snap.upstreams.iter().flat_map(|u| u.targets()).collect();
+    let healthy = targets
+        .iter()
+        .filter(|t| t.health.describe() == "healthy")
+        .count();
+    let reloads = |result: &str| c.shared.metrics.reloads.with_label_values(&[result]).get();
+    let latest = c.shared.history.latest();
+    Json200(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": c.started_ms as f64 / 1000.0,
+        "uptime_seconds": now_ms.saturating_sub(c.started_ms) as f64 / 1000.0,
+        "config": {
+            "hash": snap.config.hash,
+            "generation": latest.as_ref().map(|e| e.generation),
+            "loaded_at": unix_seconds(snap.loaded_at),
+        },
+        "last_change": latest.as_ref().map(|e| {
+            let mut v = e.summary_json();
+            // The list of changed objects can be long (10,000 routes added at start).
+            if let Some(o) = v.as_object_mut() {
+                o.remove("changes");
+            }
+            v
+        }),
+        "last_reload": c.last_reload.lock().ok().and_then(|r| r.clone()),
+        "reloads": {"ok": reloads("ok"), "failed": reloads("failed")},
+        "etcd": c.shared.fleet.is_some(),
+        "totals": {
+            "routes": snap.routes.len(),
+            "upstreams": snap.upstreams.len(),
+            "targets": targets.len(),
+            "healthy_targets": healthy,
+            "listeners": snap.config.listeners.len(),
+            "requests": requests,
+            "errors": errors,
+            "open_connections": c.shared.drain.live(),
+        },
+    }))
     .into_response()
 }
 
