@@ -39,8 +39,8 @@
 //! let mut cfg = UpstreamConfig::new(
 //!     "users",
 //!     vec![
-//!         TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 2 },
-//!         TargetConfig { host: "127.0.0.1".into(), port: 9002, weight: 1 },
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 2, zone: None },
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9002, weight: 1, zone: None },
 //!     ],
 //! );
 //! cfg.timeouts = Timeouts {
@@ -92,9 +92,11 @@ pub mod connect;
 pub mod dns;
 mod error;
 pub mod health;
+pub mod locality;
 mod pool;
 pub mod retry;
 pub mod service;
+mod status_set;
 mod stats;
 mod upload;
 mod upstream;
@@ -113,6 +115,8 @@ pub use service::{
     CallOptions, Client, ClientBuilder, ClientStats, OriginStats, Redirect, Redirects,
     RequestBuilder, Response,
 };
+pub use locality::{Locality, ZoneShare};
+pub use status_set::StatusSet;
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
 pub use upstream::{
     AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,

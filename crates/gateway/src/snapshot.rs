@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use portcullis_client::{
-    ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig,
+    ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig, StatusSet,
     Protocol, RetryOn, RetryPolicy, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
 };
 use portcullis_config::{
@@ -53,6 +53,12 @@ pub struct RouteRuntime {
     pub bodies: bool,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// Mirrors of this route's requests (usually none).
+    pub mirrors: Vec<portcullis_config::Mirror>,
+    /// Traffic policies acting on this route (usually none).
+    pub policies: Vec<crate::policy::RoutePolicy>,
+    /// Requests a policy answered, left out of the route's signals.
+    pub answered: Arc<crate::policy::Answered>,
 }
 
 /// A listener's per-connection settings.
@@ -95,6 +101,8 @@ pub struct Snapshot {
     pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Traffic policy states, in `config.policies` order (kept across reloads when unchanged).
+    pub policies: Vec<Arc<crate::policy::PolicyRuntime>>,
 }
 
 impl Snapshot {
@@ -179,8 +187,9 @@ impl Snapshot {
         } else {
             None
         };
+        let zone = local_zone(&config);
         for u in &config.upstreams {
-            let fp = format!("{u:?}{:?}", config.dns);
+            let fp = format!("{u:?}{:?}{zone:?}", config.dns);
             let reused = prev.and_then(|p| {
                 p.fingerprints
                     .iter()
@@ -189,7 +198,11 @@ impl Snapshot {
             });
             let client = match reused {
                 Some(c) => c,
-                None => match upstream_client(u, dns.as_ref().map(|(_, d)| d.clone())) {
+                None => match upstream_client(
+                    u,
+                    dns.as_ref().map(|(_, d)| d.clone()),
+                    zone.as_deref(),
+                ) {
                     Ok(c) => Upstream::new(c),
                     Err(msg) => {
                         errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
@@ -242,6 +255,12 @@ impl Snapshot {
         for p in global.values() {
             reserve(&**p);
         }
+        let prev_policies = prev.map_or(&[][..], |p| &p.policies[..]);
+        let policies: Vec<Arc<crate::policy::PolicyRuntime>> = config
+            .policies
+            .iter()
+            .map(|def| crate::policy::PolicyRuntime::carry(def, prev_policies))
+            .collect();
         let mut routes = Vec::new();
         for r in &config.routes {
             let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
@@ -300,7 +319,21 @@ impl Snapshot {
                 _ => 64 * 1024,
             };
             let bodies = plugins.iter().any(|p| p.has_body_phases());
+            let route_index = routes.len();
+            let route_policies = config
+                .policies
+                .iter()
+                .zip(&policies)
+                .filter(|(def, _)| def.routes.contains(&route_index))
+                .map(|(def, state)| crate::policy::RoutePolicy {
+                    state: state.clone(),
+                    actions: def.actions.clone(),
+                })
+                .collect();
             routes.push(RouteRuntime {
+                mirrors: r.mirrors.clone(),
+                policies: route_policies,
+                answered: metrics.answered(&r.name),
                 name: r.name.as_str().into(),
                 action,
                 rewrite: r.rewrite.clone(),
@@ -390,6 +423,7 @@ impl Snapshot {
             tracer,
             dns,
             loaded_at: SystemTime::now(),
+            policies,
         })
     }
 }
@@ -428,9 +462,19 @@ fn build_plugin(
 }
 
 /// Maps an upstream's config to the client's. Blocking (reads TLS files).
+/// This node's zone: `runtime.zone`, else `PORTCULLIS_ZONE`.
+pub fn local_zone(config: &Config) -> Option<String> {
+    config.runtime.zone.clone().or_else(|| {
+        std::env::var("PORTCULLIS_ZONE")
+            .ok()
+            .filter(|z| !z.is_empty())
+    })
+}
+
 fn upstream_client(
     u: &portcullis_config::Upstream,
     dns: Option<Arc<Dns>>,
+    zone: Option<&str>,
 ) -> Result<UpstreamConfig, String> {
     use portcullis_config::Protocol as P;
     use portcullis_config::RetryOn as R;
@@ -467,6 +511,7 @@ fn upstream_client(
             .targets
             .iter()
             .map(|t| TargetConfig {
+                zone: t.zone.clone(),
                 host: t.host.clone(),
                 port: t.port,
                 weight: t.weight,
@@ -520,6 +565,13 @@ fn upstream_client(
             open_for: b.open_for,
             half_open_requests: b.half_open_requests,
             slow_call_threshold: b.slow_call_threshold,
+            failure_statuses: {
+                let mut set = StatusSet::empty();
+                for (from, to) in &b.failure_statuses {
+                    set.insert_range(*from, *to);
+                }
+                set
+            },
         }),
         active_health: u.active_health.as_ref().map(|a| ActiveHealthConfig {
             path: a.path.clone(),
@@ -535,5 +587,16 @@ fn upstream_client(
             max_ejected_percent: p.max_ejected_percent,
         }),
         dns,
+        locality: match (u.locality, zone) {
+            (Some(min), Some(z)) => Some(portcullis_client::Locality {
+                local_zone: z.into(),
+                min_healthy_percent: min,
+            }),
+            (Some(_), None) => {
+                tracing::warn!(upstream = %u.name, "locality is set but this node has no zone (runtime.zone or PORTCULLIS_ZONE): balancing ignores zones");
+                None
+            }
+            _ => None,
+        },
     })
 }
