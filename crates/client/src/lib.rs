@@ -96,8 +96,8 @@ pub mod locality;
 mod pool;
 pub mod retry;
 pub mod service;
-mod status_set;
 mod stats;
+mod status_set;
 mod upload;
 mod upstream;
 mod window;
@@ -109,15 +109,15 @@ pub use connect::{Conn, TlsSettings, tls_client_config};
 pub use dns::{Dns, DnsConfig};
 pub use error::{BoxError, Error, ErrorKind};
 pub use health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
+pub use locality::{Locality, ZoneShare};
 pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
 pub use service::{
     CallOptions, Client, ClientBuilder, ClientStats, OriginStats, Redirect, Redirects,
     RequestBuilder, Response,
 };
-pub use locality::{Locality, ZoneShare};
-pub use status_set::StatusSet;
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
+pub use status_set::StatusSet;
 pub use upstream::{
     AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,
     Upstream, UpstreamConfig,

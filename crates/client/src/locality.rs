@@ -35,7 +35,11 @@ pub struct ZoneShare {
 
 /// Per-zone target and usable counts → each zone's share of traffic (0..1), in the same order.
 /// `local` is the index of the local zone, if it has targets.
-pub fn shares(counts: &[(usize, usize)], local: Option<usize>, min_healthy_percent: f64) -> Vec<f64> {
+pub fn shares(
+    counts: &[(usize, usize)],
+    local: Option<usize>,
+    min_healthy_percent: f64,
+) -> Vec<f64> {
     let mut out = vec![0.0; counts.len()];
     let usable_total: usize = counts.iter().map(|c| c.1).sum();
     if usable_total == 0 {

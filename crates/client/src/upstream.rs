@@ -26,11 +26,11 @@ use tracing::{Instrument, debug, info, warn};
 use crate::balance::{Balancer, Policy};
 use crate::body::ResponseBody;
 use crate::breaker::{Breaker, BreakerConfig};
-use crate::locality::{Locality, ZoneShare};
 use crate::connect::{self, TlsSettings};
 use crate::dns::Dns;
 use crate::error::{BoxError, Error, ErrorKind, classify_hyper};
 use crate::health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
+use crate::locality::{Locality, ZoneShare};
 use crate::pool::{MODE_H1, MODE_H2, MODE_UNKNOWN, PoolConfig, TargetPool};
 use crate::retry::{RetryBudget, RetryPolicy, backoff, idempotent};
 use crate::stats::{TargetStats, UpstreamStats};
@@ -563,7 +563,11 @@ where
                 local: Some(i) == local,
                 targets: n,
                 healthy: ok,
-                healthy_percent: if n == 0 { 0.0 } else { 100.0 * ok as f64 / n as f64 },
+                healthy_percent: if n == 0 {
+                    0.0
+                } else {
+                    100.0 * ok as f64 / n as f64
+                },
                 traffic_percent: 100.0 * share,
             })
             .collect()

@@ -160,7 +160,9 @@ fn route_plugins_override_global_ones() {
 #[test]
 fn failure_statuses_take_codes_ranges_and_classes() {
     let up = |cb: &str| {
-        format!("{BASE}upstreams:\n  u:\n    targets: [{{ address: 127.0.0.1:1 }}]\n    circuit_breaker: {cb}\n")
+        format!(
+            "{BASE}upstreams:\n  u:\n    targets: [{{ address: 127.0.0.1:1 }}]\n    circuit_breaker: {cb}\n"
+        )
     };
     let c = load(&up("{ failure_rate: 0.5 }")).unwrap();
     let cb = c.upstreams[0].circuit_breaker.as_ref().unwrap();
@@ -174,7 +176,8 @@ fn failure_statuses_take_codes_ranges_and_classes() {
     let e = errors(&up("{ failure_statuses: [500, 504-502, 7xx, 99] }"));
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(
-        e[0].starts_with("gw.yaml:5:43: upstreams.u.circuit_breaker.failure_statuses[1]"),
+        e[0].starts_with("gw.yaml:6:")
+            && e[0].contains("upstreams.u.circuit_breaker.failure_statuses[1]"),
         "{e:?}"
     );
     assert!(e[0].contains("a range (502-504)"), "{e:?}");

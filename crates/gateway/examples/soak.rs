@@ -60,7 +60,9 @@ impl Opts {
         let mut map = BTreeMap::new();
         let mut it = args.iter().peekable();
         while let Some(a) = it.next() {
-            let key = a.strip_prefix("--").ok_or_else(|| format!("unexpected {a}"))?;
+            let key = a
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected {a}"))?;
             let value = match it.peek() {
                 Some(v) if !v.starts_with("--") => it.next().cloned().unwrap_or_default(),
                 _ => "true".to_owned(),
@@ -210,14 +212,13 @@ async fn load(opts: Opts) -> Result<(), Error> {
         }
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let cause = match tokio::time::timeout(Duration::from_secs(15), call(&client, req))
-                .await
-            {
-                Ok(Ok(None)) => None,
-                Ok(Ok(Some(cause))) => Some(cause),
-                Ok(Err(e)) => Some(format!("socket: {}", error_kind(&*e))),
-                Err(_) => Some("client timeout (15s)".to_owned()),
-            };
+            let cause =
+                match tokio::time::timeout(Duration::from_secs(15), call(&client, req)).await {
+                    Ok(Ok(None)) => None,
+                    Ok(Ok(Some(cause))) => Some(cause),
+                    Ok(Err(e)) => Some(format!("socket: {}", error_kind(&*e))),
+                    Err(_) => Some("client timeout (15s)".to_owned()),
+                };
             match cause {
                 None => {
                     stats.ok.fetch_add(1, Ordering::Relaxed);

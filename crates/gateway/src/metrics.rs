@@ -171,7 +171,7 @@ fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
     let mut out: Vec<(f64, u64)> = hist
         .get_bucket()
         .iter()
-        .map(|b| (b.get_upper_bound(), b.get_cumulative_count()))
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
     out.push((f64::INFINITY, hist.get_sample_count()));
     out

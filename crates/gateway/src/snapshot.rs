@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use portcullis_client::{
-    ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig, StatusSet,
-    Protocol, RetryOn, RetryPolicy, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
+    ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig,
+    Protocol, RetryOn, RetryPolicy, StatusSet, TargetConfig, Timeouts, TlsSettings, Upstream,
+    UpstreamConfig,
 };
 use portcullis_config::{
     Action, Config, ConfigError, ConfigErrors, DirectResponse, HashKey, Limits, LoadBalancer,
@@ -198,17 +199,16 @@ impl Snapshot {
             });
             let client = match reused {
                 Some(c) => c,
-                None => match upstream_client(
-                    u,
-                    dns.as_ref().map(|(_, d)| d.clone()),
-                    zone.as_deref(),
-                ) {
-                    Ok(c) => Upstream::new(c),
-                    Err(msg) => {
-                        errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
-                        continue;
+                None => {
+                    match upstream_client(u, dns.as_ref().map(|(_, d)| d.clone()), zone.as_deref())
+                    {
+                        Ok(c) => Upstream::new(c),
+                        Err(msg) => {
+                            errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
                 tracing::warn!(upstream = %u.name, "TLS verification is off for this upstream (insecure_skip_verify)");

@@ -27,7 +27,10 @@ impl Validator<'_> {
             };
             let fraction = m.fraction.unwrap_or(1.0);
             if !(0.0..=1.0).contains(&fraction) {
-                self.err(format!("{mp}.fraction"), "a share between 0 and 1, e.g. 0.1");
+                self.err(
+                    format!("{mp}.fraction"),
+                    "a share between 0 and 1, e.g. 0.1",
+                );
             }
             let key = match m.key.as_deref() {
                 None => None,

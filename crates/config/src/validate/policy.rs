@@ -80,7 +80,10 @@ impl Validator<'_> {
             }
             watched.sort_by_key(|(ri, _)| *ri);
             if r.conditions.is_empty() {
-                self.err(format!("{p}.conditions"), "at least one condition is needed");
+                self.err(
+                    format!("{p}.conditions"),
+                    "at least one condition is needed",
+                );
             }
             let conditions: Vec<Condition> = r
                 .conditions
@@ -189,7 +192,7 @@ impl Validator<'_> {
         a: &RawPolicyAction,
         upstreams: &HashMap<&str, usize>,
     ) -> Option<PolicyAction> {
-        let mut stray = |v: &mut Self, set: bool, field: &str| {
+        let stray = |v: &mut Self, set: bool, field: &str| {
             if set {
                 v.err(
                     format!("{p}.{field}"),

@@ -110,7 +110,7 @@ async fn send_loop(mut rx: mpsc::Receiver<Job>, counts: Arc<Counts>) {
         let counts = counts.clone();
         tokio::spawn(async move {
             let sent = tokio::time::timeout(DEADLINE, async {
-                let resp = job.upstream.send(job.req).await?;
+                let resp = job.upstream.send(job.req, None).await?;
                 // Read to the end so the connection goes back to the pool.
                 let _ = resp.into_body().collect().await;
                 Ok::<_, portcullis_client::Error>(())
@@ -140,7 +140,11 @@ fn chosen(m: &Mirror, parts: &http::request::Parts) -> bool {
     match &m.key {
         Some(h) => {
             let mut hasher = std::hash::DefaultHasher::new();
-            parts.headers.get(h).map(HeaderValue::as_bytes).hash(&mut hasher);
+            parts
+                .headers
+                .get(h)
+                .map(HeaderValue::as_bytes)
+                .hash(&mut hasher);
             (hasher.finish() % 1_000_000) as f64 / 1_000_000.0 < m.fraction
         }
         None => fastrand::f64() < m.fraction,
@@ -172,7 +176,11 @@ pub fn fork(
     let targets: Vec<(Upstream<ReqBody>, u64)> = mirrors
         .iter()
         .filter(|m| chosen(m, parts))
-        .filter_map(|m| upstreams.get(m.upstream).map(|u| (u.clone(), m.max_body_bytes)))
+        .filter_map(|m| {
+            upstreams
+                .get(m.upstream)
+                .map(|u| (u.clone(), m.max_body_bytes))
+        })
         .collect();
     if targets.is_empty() {
         return body;
@@ -189,7 +197,8 @@ pub fn fork(
     };
     let mut streamed = Vec::new();
     for (up, max) in targets {
-        if declared.is_some_and(|n| n > max) || whole.as_ref().is_some_and(|b| b.len() as u64 > max) {
+        if declared.is_some_and(|n| n > max) || whole.as_ref().is_some_and(|b| b.len() as u64 > max)
+        {
             queue.counts.skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -201,7 +210,10 @@ pub fn fork(
     if streamed.is_empty() {
         return body;
     }
-    ReqBody::Mirrored(Box::new(body), Box::new(Tee::new(head(parts), streamed, queue.clone())))
+    ReqBody::Mirrored(
+        Box::new(body),
+        Box::new(Tee::new(head(parts), streamed, declared, queue.clone())),
+    )
 }
 
 fn copy(b: &Bytes) -> ReqBody {

@@ -17,12 +17,20 @@ pub struct Tee {
     head: http::request::Parts,
     targets: Vec<(Upstream<ReqBody>, u64)>,
     buf: BytesMut,
+    /// `Content-Length`: the copies are queued once that much arrived (the primary's client
+    /// may not poll the body again after its last byte).
+    expected: Option<u64>,
     queue: Arc<Queue>,
 }
 
 impl std::fmt::Debug for Tee {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tee({} mirrors, {} bytes)", self.targets.len(), self.buf.len())
+        write!(
+            f,
+            "Tee({} mirrors, {} bytes)",
+            self.targets.len(),
+            self.buf.len()
+        )
     }
 }
 
@@ -30,12 +38,14 @@ impl Tee {
     pub(super) fn new(
         head: http::request::Parts,
         targets: Vec<(Upstream<ReqBody>, u64)>,
+        expected: Option<u64>,
         queue: Arc<Queue>,
     ) -> Self {
         Self {
             head,
             targets,
             buf: BytesMut::new(),
+            expected,
             queue,
         }
     }
@@ -59,11 +69,17 @@ impl Tee {
             self.buf = BytesMut::new();
         } else {
             self.buf.extend_from_slice(d);
+            if self.expected == Some(self.buf.len() as u64) {
+                self.end();
+            }
         }
     }
 
     /// The body ended: the copies are queued.
     pub fn end(&mut self) {
+        if self.targets.is_empty() {
+            return;
+        }
         let body = std::mem::take(&mut self.buf).freeze();
         for (up, _) in self.targets.drain(..) {
             let mut head = Request::new(()).into_parts().0;

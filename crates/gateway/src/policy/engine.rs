@@ -80,7 +80,9 @@ fn unix_now() -> f64 {
 }
 
 fn ticks(window: Duration, period: Duration) -> u32 {
-    (window.as_secs_f64() / period.as_secs_f64()).ceil().max(1.0) as u32
+    (window.as_secs_f64() / period.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32
 }
 
 fn evaluate(def: &Policy, rt: &PolicyRuntime, snap: &Snapshot, metrics: &Metrics, now: Instant) {

@@ -16,7 +16,6 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use portcullis_config::{Policy, PolicyAction};
 
-
 use crate::body::RespBody;
 use crate::errors::{GatewayError, render};
 
@@ -37,8 +36,6 @@ pub struct PolicyRuntime {
     pub name: Arc<str>,
     /// The policy as written, to tell whether a reload changed it.
     fingerprint: String,
-    /// Evaluate and report only.
-    pub dry_run: bool,
     phase: AtomicU8,
     pass_permille: AtomicU32,
     /// Requests a policy answered itself (fallback, 503) or rerouted.
@@ -92,7 +89,6 @@ impl PolicyRuntime {
         Self {
             name: def.name.as_str().into(),
             fingerprint: def.fingerprint.clone(),
-            dry_run: def.dry_run,
             phase: AtomicU8::new(IDLE),
             pass_permille: AtomicU32::new(1000),
             answered: AtomicU64::new(0),

@@ -464,9 +464,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = TcpListener::bind((ip, 0))
-        .await
-        .expect("bind upstream");
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c2 = connections.clone();

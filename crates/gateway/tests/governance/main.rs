@@ -88,4 +88,3 @@ impl Drop for Load {
         }
     }
 }
-

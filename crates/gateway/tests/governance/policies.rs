@@ -3,15 +3,13 @@
 //! `circuit_breaker.failure_statuses`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::harness::*;
-use crate::{Load, Tunable, tunable};
-use http::{Request, Response};
+use crate::{Load, tunable};
+use http::Request;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::Value;
 
 async fn policy(gw: &Gateway, name: &str) -> Value {
@@ -73,14 +71,26 @@ async fn failure_statuses_decide_what_opens_the_breaker() {
     ));
     assert_eq!(code, 1);
     assert!(
-        err.contains(":10:") && err.contains("circuit_breaker.failure_statuses[1]"),
+        err.contains(":11:") && err.contains("circuit_breaker.failure_statuses[1]"),
         "{err}"
     );
 }
 
+async fn reload(gw: &Gateway, yaml: String) {
+    gw.write_config(&yaml);
+    let r = send(
+        &h1_client(),
+        req("POST", &gw.admin_url("/admin/reload"))
+            .body(Full::default())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 fn breaker_policy(up: &str, extra_routes: &str, threshold: &str) -> String {
     config(&format!(
-        "upstreams:\n  pay:\n    targets: [{{ address: \"{up}\" }}]\nroutes:\n  - name: checkout\n    match: {{ path_prefix: /checkout }}\n    upstream: pay\n{extra_routes}policies:\n  - name: pay-guard\n    match: {{ routes: [checkout] }}\n    conditions:\n      - {{ metric: p99_latency, above: {threshold}, window: 300ms, consecutive: 2 }}\n    min_requests: 5\n    actions:\n      - {{ type: circuit_breaker, open_for: 1s, fallback: {{ status: 200, body: '{{\"mock\": true}}', headers: {{ content-type: application/json }} }} }}\n"
+        "upstreams:\n  pay:\n    targets: [{{ address: \"{up}\" }}]\nroutes:\n  - name: checkout\n    match: {{ path_prefix: /checkout }}\n    upstream: pay\n{extra_routes}policies:\n  - name: pay-guard\n    match: {{ routes: [checkout] }}\n    conditions:\n      - {{ metric: p99_latency, above: {threshold}, window: 300ms, consecutive: 2 }}\n    min_requests: 3\n    actions:\n      - {{ type: circuit_breaker, open_for: 1s, fallback: {{ status: 200, body: '{{\"mock\": true}}', headers: {{ content-type: application/json }} }} }}\n"
     ))
 }
 
@@ -97,7 +107,10 @@ async fn p99_policy_trips_on_a_slow_upstream_serves_the_fallback_and_recovers() 
     pay.delay_ms.store(300, Ordering::Relaxed);
     let p = wait_state(&gw, "pay-guard", "triggered", Duration::from_secs(5)).await;
     assert!(
-        p["triggered_values"]["p99_latency_ms"].as_f64().unwrap_or(0.0) > 150.0,
+        p["triggered_values"]["p99_latency_ms"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 150.0,
         "{p:#}"
     );
     // Open: the fallback, at once, without calling the upstream.
@@ -117,13 +130,18 @@ async fn p99_policy_trips_on_a_slow_upstream_serves_the_fallback_and_recovers() 
     let p = wait_state(&gw, "pay-guard", "idle", Duration::from_secs(10)).await;
     let t = transitions(&p);
     assert!(
-        t.starts_with(&["triggered".into(), "half_open".into()]) && t.last().map(String::as_str) == Some("idle"),
+        t.starts_with(&["triggered".into(), "half_open".into()])
+            && t.last().map(String::as_str) == Some("idle"),
         "{t:?}"
     );
     assert_eq!(get(&gw.url("/checkout")).await.body, "real");
     let m = metrics_text(&gw).await;
     assert_eq!(
-        metric_sum(&m, "portcullis_policy_transitions_total", &[("policy", "pay-guard"), ("to", "triggered")]),
+        metric_sum(
+            &m,
+            "portcullis_policy_transitions_total",
+            &[("policy", "pay-guard"), ("to", "triggered")]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -132,7 +150,13 @@ async fn p99_policy_trips_on_a_slow_upstream_serves_the_fallback_and_recovers() 
     );
 }
 
-fn error_policy(up: &str, min_requests: u32, action: &str, mode: &str, more_upstreams: &str) -> String {
+fn error_policy(
+    up: &str,
+    min_requests: u32,
+    action: &str,
+    mode: &str,
+    more_upstreams: &str,
+) -> String {
     config(&format!(
         "upstreams:\n  svc:\n    targets: [{{ address: \"{up}\" }}]\n{more_upstreams}routes:\n  - name: svc\n    match: {{ path_prefix: /svc }}\n    upstream: svc\npolicies:\n  - name: errors\n    match: {{ upstreams: [svc] }}\n    conditions:\n      - {{ metric: error_rate, above: 0.5, window: 300ms }}\n    min_requests: {min_requests}\n    actions: [{action}]\n    mode: {mode}\n"
     ))
@@ -175,7 +199,10 @@ async fn dry_run_reports_and_changes_nothing() {
     ));
     let _load = Load::start(gw.url("/svc"), 4);
     let p = wait_state(&gw, "errors", "dry_run_triggered", Duration::from_secs(5)).await;
-    assert!(p["triggered_values"]["error_rate"].as_f64().unwrap_or(0.0) > 0.5, "{p:#}");
+    assert!(
+        p["triggered_values"]["error_rate"].as_f64().unwrap_or(0.0) > 0.5,
+        "{p:#}"
+    );
     for _ in 0..20 {
         assert_eq!(get(&gw.url("/svc")).await.status, 500);
     }
@@ -206,7 +233,8 @@ async fn shed_answers_the_configured_share() {
             tokio::spawn(async move {
                 let c = h1_client();
                 for _ in 0..per {
-                    let got = send(&c, Request::get(&url).body(Full::default()).expect("req")).await;
+                    let got =
+                        send(&c, Request::get(&url).body(Full::default()).expect("req")).await;
                     if got.status == 503 {
                         assert_eq!(got.json()["error"]["code"], "load_shed");
                         assert_eq!(got.header("retry-after"), Some("2"));
@@ -235,7 +263,10 @@ async fn reroute_sends_to_the_other_upstream_while_triggered() {
         5,
         "{ type: reroute, upstream: dr }",
         "enforce",
-        &format!("  dr:\n    targets: [{{ address: \"{}\" }}]\n", dr.up.address()),
+        &format!(
+            "  dr:\n    targets: [{{ address: \"{}\" }}]\n",
+            dr.up.address()
+        ),
     ));
     let _load = Load::start(gw.url("/svc"), 4);
     wait_state(&gw, "errors", "triggered", Duration::from_secs(5)).await;
@@ -245,7 +276,12 @@ async fn reroute_sends_to_the_other_upstream_while_triggered() {
     .await;
     assert!(ok, "no request went to dr");
     assert!(dr.hits.load(Ordering::Relaxed) > 0);
-    assert!(policy(&gw, "errors").await["counts"]["rerouted"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        policy(&gw, "errors").await["counts"]["rerouted"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -253,31 +289,27 @@ async fn reload_keeps_the_state_of_an_unchanged_policy() {
     let pay = tunable("pay").await;
     pay.delay_ms.store(300, Ordering::Relaxed);
     let up = pay.up.address();
-    let gw = Gateway::start(
-        &breaker_policy(&up, "", "150ms").replace("open_for: 1s", "open_for: 60s"),
-    );
+    let gw =
+        Gateway::start(&breaker_policy(&up, "", "150ms").replace("open_for: 1s", "open_for: 60s"));
     let load = Load::start(gw.url("/checkout"), 6);
     wait_state(&gw, "pay-guard", "triggered", Duration::from_secs(5)).await;
     drop(load);
-    let reload = |yaml: String| {
-        gw.write_config(&yaml);
-        async {
-            let r = send(
-                &h1_client(),
-                req("POST", &gw.admin_url("/admin/reload")).body(Full::default()).expect("req"),
-            )
-            .await;
-            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        }
-    };
     let other = "  - name: other\n    match: { path_prefix: /other }\n    direct_response: { status: 200 }\n";
-    reload(breaker_policy(&up, other, "150ms").replace("open_for: 1s", "open_for: 60s")).await;
+    reload(
+        &gw,
+        breaker_policy(&up, other, "150ms").replace("open_for: 1s", "open_for: 60s"),
+    )
+    .await;
     assert_eq!(get(&gw.url("/other")).await.status, 200);
     let p = policy(&gw, "pay-guard").await;
     assert_eq!(p["state"], "triggered", "{p:#}");
     assert_eq!(get(&gw.url("/checkout")).await.json()["mock"], true);
     // A changed policy starts over.
-    reload(breaker_policy(&up, other, "5s").replace("open_for: 1s", "open_for: 60s")).await;
+    reload(
+        &gw,
+        breaker_policy(&up, other, "5s").replace("open_for: 1s", "open_for: 60s"),
+    )
+    .await;
     let p = policy(&gw, "pay-guard").await;
     assert_eq!(p["state"], "idle", "{p:#}");
     assert_eq!(get(&gw.url("/checkout")).await.body, "real");

@@ -48,7 +48,13 @@ async fn shares(gw: &Gateway, n: usize) -> HashMap<String, f64> {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let c = h1_client();
     for _ in 0..n {
-        let got = send(&c, Request::get(gw.url("/z")).body(Full::default()).expect("req")).await;
+        let got = send(
+            &c,
+            Request::get(gw.url("/z"))
+                .body(Full::default())
+                .expect("req"),
+        )
+        .await;
         let zone = if got.status == 503 {
             "none".to_owned()
         } else {
@@ -96,8 +102,14 @@ async fn the_local_zone_spills_in_proportion_goes_dark_and_comes_back() {
     for _ in 0..4 {
         local.push(target("127.0.0.2", "a").await);
     }
-    let b = [target("127.0.0.3", "b").await, target("127.0.0.3", "b").await];
-    let c = [target("127.0.0.4", "c").await, target("127.0.0.4", "c").await];
+    let b = [
+        target("127.0.0.3", "b").await,
+        target("127.0.0.3", "b").await,
+    ];
+    let c = [
+        target("127.0.0.4", "c").await,
+        target("127.0.0.4", "c").await,
+    ];
     let mut targets = String::new();
     for (t, z) in local
         .iter()
@@ -132,12 +144,18 @@ async fn the_local_zone_spills_in_proportion_goes_dark_and_comes_back() {
         assert!((traffic(&z, "a") - want * 100.0).abs() < 0.1, "{z:?}");
         let s = shares(&gw, 1000).await;
         let a = s.get("a").copied().unwrap_or(0.0);
-        assert!((a - want).abs() < 0.06, "local share {a}, want {want}: {s:?}");
+        assert!(
+            (a - want).abs() < 0.06,
+            "local share {a}, want {want}: {s:?}"
+        );
         let (sb, sc) = (
             s.get("b").copied().unwrap_or(0.0),
             s.get("c").copied().unwrap_or(0.0),
         );
-        assert!((sb - sc).abs() < 0.08 && (sb + sc + a - 1.0).abs() < 1e-9, "{s:?}");
+        assert!(
+            (sb - sc).abs() < 0.08 && (sb + sc + a - 1.0).abs() < 1e-9,
+            "{s:?}"
+        );
     }
 
     // Dark: everything elsewhere.
@@ -146,7 +164,10 @@ async fn the_local_zone_spills_in_proportion_goes_dark_and_comes_back() {
     assert_eq!(traffic(&z, "a"), 0.0, "{z:?}");
     let s = shares(&gw, 400).await;
     assert_eq!(s.get("a"), None, "{s:?}");
-    assert!((s.get("b").copied().unwrap_or(0.0) - 0.5).abs() < 0.1, "{s:?}");
+    assert!(
+        (s.get("b").copied().unwrap_or(0.0) - 0.5).abs() < 0.1,
+        "{s:?}"
+    );
 
     // Nothing healthy anywhere: 503, never a dead target.
     for t in b.iter().chain(&c) {
