@@ -1180,11 +1180,11 @@ impl<B> std::fmt::Debug for Upstream<B> {
     }
 }
 
-/// Zones in first-seen order, with (targets, usable targets) each, and the local one's index.
-fn zone_counts<B>(
-    targets: &[Arc<Target<B>>],
-    l: &Locality,
-) -> (Vec<Arc<str>>, Vec<(usize, usize)>, Option<usize>) {
+/// Zones in first-seen order, (targets, usable targets) of each, and the local one's index.
+type ZoneCounts = (Vec<Arc<str>>, Vec<(usize, usize)>, Option<usize>);
+
+/// Counts the targets of each zone.
+fn zone_counts<B>(targets: &[Arc<Target<B>>], l: &Locality) -> ZoneCounts {
     let mut names: Vec<Arc<str>> = Vec::with_capacity(4);
     let mut counts: Vec<(usize, usize)> = Vec::with_capacity(4);
     for t in targets {

@@ -193,7 +193,7 @@ async fn serve(
             crate::policy::Check::Go(s) => s,
             crate::policy::Check::Answer(resp) => {
                 rec.error = Some("policy");
-                return response_phase(resp, route, ctx);
+                return response_phase(*resp, route, ctx);
             }
         }
     };

@@ -77,8 +77,8 @@ pub struct Steer {
 
 /// The outcome of the per-request check.
 pub enum Check {
-    /// Answer with this response.
-    Answer(Response<RespBody>),
+    /// Answer with this response (boxed: the common outcome is `Go`).
+    Answer(Box<Response<RespBody>>),
     /// Go upstream, possibly steered.
     Go(Steer),
 }
@@ -146,7 +146,7 @@ pub fn check(policies: &[RoutePolicy], answered: &Answered, rid: &HeaderValue) -
                         ),
                     };
                     count(answered, resp.status());
-                    return Check::Answer(resp);
+                    return Check::Answer(Box::new(resp));
                 }
                 PolicyAction::Shed {
                     percent,
@@ -168,7 +168,7 @@ pub fn check(policies: &[RoutePolicy], answered: &Answered, rid: &HeaderValue) -
                             HeaderValue::from(retry_after.as_secs().max(1)),
                         );
                         count(answered, resp.status());
-                        return Check::Answer(resp);
+                        return Check::Answer(Box::new(resp));
                     }
                 }
                 PolicyAction::Reroute { upstream } => {

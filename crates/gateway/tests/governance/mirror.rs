@@ -194,14 +194,12 @@ async fn methods_and_body_sizes_decide_what_is_mirrored() {
     );
 }
 
+type Frames = std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>;
+
 /// A body of `chunks` without Content-Length.
 fn futures_util_stream(
     chunks: Vec<Vec<u8>>,
-) -> http_body_util::StreamBody<
-    futures_util::stream::Iter<
-        std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
-    >,
-> {
+) -> http_body_util::StreamBody<futures_util::stream::Iter<Frames>> {
     let frames: Vec<_> = chunks
         .into_iter()
         .map(|c| Ok(hyper::body::Frame::data(Bytes::from(c))))
