@@ -286,6 +286,17 @@ async fn a_hanging_or_refusing_mirror_does_not_touch_the_primary() {
         (0.9..=1.1).contains(&ratio),
         "p99 plain vs mirrored per round: {rounds:?}"
     );
+    // More copies than the queue and the in-flight slots hold while the hanging ones wait.
+    for _ in 0..200 {
+        let got = send(
+            &c,
+            Request::get(gw.url("/mirrored"))
+                .body(Full::default())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+    }
     let m = metrics_text(&gw).await;
     assert!(
         metric_sum(
