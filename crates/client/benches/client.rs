@@ -67,6 +67,7 @@ fn requests(c: &mut Criterion) {
         host: "127.0.0.1".into(),
         port: addr.port(),
         weight: 1,
+        zone: None,
     };
     let plain: Upstream<RequestBody> =
         rt.block_on(async { Upstream::new(UpstreamConfig::new("plain", vec![target.clone()])) });

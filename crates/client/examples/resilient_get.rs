@@ -25,6 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 host: host.to_owned(),
                 port: port.parse()?,
                 weight: 1,
+                zone: None,
             })
         })
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;

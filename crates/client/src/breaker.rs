@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::status_set::StatusSet;
 use crate::window::PairWindow;
 
 /// Breaker settings.
@@ -26,6 +27,8 @@ pub struct BreakerConfig {
     pub half_open_requests: u32,
     /// Calls slower than this count as failures.
     pub slow_call_threshold: Option<Duration>,
+    /// Response statuses that count as failures (for the breaker and passive health).
+    pub failure_statuses: StatusSet,
 }
 
 impl Default for BreakerConfig {
@@ -37,6 +40,7 @@ impl Default for BreakerConfig {
             open_for: Duration::from_secs(30),
             half_open_requests: 3,
             slow_call_threshold: None,
+            failure_statuses: StatusSet::default(),
         }
     }
 }
@@ -236,6 +240,7 @@ mod tests {
             open_for: Duration::from_millis(open_for_ms),
             half_open_requests: 2,
             slow_call_threshold: Some(Duration::from_millis(100)),
+            failure_statuses: StatusSet::default(),
         }
     }
 

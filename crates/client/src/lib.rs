@@ -39,8 +39,8 @@
 //! let mut cfg = UpstreamConfig::new(
 //!     "users",
 //!     vec![
-//!         TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 2 },
-//!         TargetConfig { host: "127.0.0.1".into(), port: 9002, weight: 1 },
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9001, weight: 2, zone: None },
+//!         TargetConfig { host: "127.0.0.1".into(), port: 9002, weight: 1, zone: None },
 //!     ],
 //! );
 //! cfg.timeouts = Timeouts {
@@ -92,10 +92,12 @@ pub mod connect;
 pub mod dns;
 mod error;
 pub mod health;
+pub mod locality;
 mod pool;
 pub mod retry;
 pub mod service;
 mod stats;
+mod status_set;
 mod upload;
 mod upstream;
 mod window;
@@ -107,6 +109,7 @@ pub use connect::{Conn, TlsSettings, tls_client_config};
 pub use dns::{Dns, DnsConfig};
 pub use error::{BoxError, Error, ErrorKind};
 pub use health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
+pub use locality::{Locality, ZoneShare};
 pub use pool::PoolConfig;
 pub use retry::{RetryBudget, RetryOn, RetryPolicy};
 pub use service::{
@@ -114,6 +117,7 @@ pub use service::{
     RequestBuilder, Response,
 };
 pub use stats::{COUNTED_ERRORS, RETRY_REASONS, TargetStats, UpstreamStats};
+pub use status_set::StatusSet;
 pub use upstream::{
     AttemptHook, AttemptReport, Protocol, ReplayBody, RequestBody, Target, TargetConfig, Timeouts,
     Upstream, UpstreamConfig,

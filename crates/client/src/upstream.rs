@@ -30,6 +30,7 @@ use crate::connect::{self, TlsSettings};
 use crate::dns::Dns;
 use crate::error::{BoxError, Error, ErrorKind, classify_hyper};
 use crate::health::{ActiveHealthConfig, HealthState, PassiveHealthConfig};
+use crate::locality::{Locality, ZoneShare};
 use crate::pool::{MODE_H1, MODE_H2, MODE_UNKNOWN, PoolConfig, TargetPool};
 use crate::retry::{RetryBudget, RetryPolicy, backoff, idempotent};
 use crate::stats::{TargetStats, UpstreamStats};
@@ -157,6 +158,8 @@ pub struct TargetConfig {
     pub port: u16,
     /// Relative weight.
     pub weight: u32,
+    /// Zone, for locality-aware balancing.
+    pub zone: Option<String>,
 }
 
 /// Everything needed to build an [`Upstream`].
@@ -186,6 +189,8 @@ pub struct UpstreamConfig {
     pub passive_health: Option<PassiveHealthConfig>,
     /// Resolver for DNS names in `targets`; the system resolver is built when needed.
     pub dns: Option<Arc<Dns>>,
+    /// Zone-aware balancing; none when `None`.
+    pub locality: Option<Locality>,
 }
 
 impl UpstreamConfig {
@@ -204,6 +209,7 @@ impl UpstreamConfig {
             active_health: None,
             passive_health: None,
             dns: None,
+            locality: None,
         }
     }
 }
@@ -217,6 +223,8 @@ pub struct Target<B> {
     addr: SocketAddr,
     /// Weight as configured.
     pub weight: u32,
+    /// Zone as configured (`""` when none).
+    pub zone: Arc<str>,
     pub(crate) pool: TargetPool<B>,
     /// Counters.
     pub stats: TargetStats,
@@ -395,8 +403,12 @@ enum Tried<B> {
     Failed(Error, Option<Request<B>>),
 }
 
-fn is_failure_status(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 502..=504)
+/// Whether `s` counts as a failure: the breaker's `failure_statuses`, else 502-504.
+fn is_failure_status(breaker: Option<&BreakerConfig>, s: StatusCode) -> bool {
+    match breaker {
+        Some(b) => b.failure_statuses.has(s),
+        None => matches!(s.as_u16(), 502..=504),
+    }
 }
 
 impl<B> Upstream<B>
@@ -491,8 +503,26 @@ where
             return Err(ErrorKind::NoHealthyTarget);
         }
         let load = |i: usize| targets[i].stats.in_flight.load(Ordering::Relaxed);
+        let zone = match &self.inner.cfg.locality {
+            Some(l) => {
+                let (names, counts, local) = zone_counts(targets, l);
+                match crate::locality::draw(&crate::locality::shares(
+                    &counts,
+                    local,
+                    l.min_healthy_percent,
+                )) {
+                    Some(z) => Some(names[z].clone()),
+                    // Nothing usable anywhere: no panic routing to dead targets.
+                    None => return Err(ErrorKind::NoHealthyTarget),
+                }
+            }
+            None => None,
+        };
+        let in_zone = |i: usize| zone.as_ref().is_none_or(|z| *targets[i].zone == **z);
         let fresh = |i: usize| {
-            targets[i].usable() && !avoid.iter().any(|a| Arc::ptr_eq(a, &targets[i].authority))
+            in_zone(i)
+                && targets[i].usable()
+                && !avoid.iter().any(|a| Arc::ptr_eq(a, &targets[i].authority))
         };
         let picked = set
             .balancer
@@ -512,6 +542,35 @@ where
                 })
             }
         }
+    }
+
+    /// Per zone: targets, usable targets, and the share of new requests it gets now; empty
+    /// without locality settings.
+    pub fn zone_shares(&self) -> Vec<ZoneShare> {
+        let Some(l) = &self.inner.cfg.locality else {
+            return Vec::new();
+        };
+        let set = self.inner.set.load();
+        let (names, counts, local) = zone_counts(&set.targets, l);
+        let shares = crate::locality::shares(&counts, local, l.min_healthy_percent);
+        names
+            .iter()
+            .zip(counts)
+            .zip(shares)
+            .enumerate()
+            .map(|(i, ((z, (n, ok)), share))| ZoneShare {
+                zone: z.to_string(),
+                local: Some(i) == local,
+                targets: n,
+                healthy: ok,
+                healthy_percent: if n == 0 {
+                    0.0
+                } else {
+                    100.0 * ok as f64 / n as f64
+                },
+                traffic_percent: 100.0 * share,
+            })
+            .collect()
     }
 
     /// Sends a request, retrying as the policy allows. `key` is the request's hash for
@@ -705,7 +764,7 @@ where
             None => self.send_to_inner(target, req, replay, connect).await,
         };
         let ok = match &out {
-            Tried::Response(r) => !is_failure_status(r.status()),
+            Tried::Response(r) => !is_failure_status(cfg.breaker.as_ref(), r.status()),
             Tried::Failed(e, _) => !e.kind().is_upstream_failure(),
         };
         if let (Some(b), Some(p)) = (&target.breaker, guard.disarm()) {
@@ -1121,6 +1180,31 @@ impl<B> std::fmt::Debug for Upstream<B> {
     }
 }
 
+/// Zones in first-seen order, (targets, usable targets) of each, and the local one's index.
+type ZoneCounts = (Vec<Arc<str>>, Vec<(usize, usize)>, Option<usize>);
+
+/// Counts the targets of each zone.
+fn zone_counts<B>(targets: &[Arc<Target<B>>], l: &Locality) -> ZoneCounts {
+    let mut names: Vec<Arc<str>> = Vec::with_capacity(4);
+    let mut counts: Vec<(usize, usize)> = Vec::with_capacity(4);
+    for t in targets {
+        let i = match names.iter().position(|n| *n == t.zone) {
+            Some(i) => i,
+            None => {
+                names.push(t.zone.clone());
+                counts.push((0, 0));
+                names.len() - 1
+            }
+        };
+        counts[i].0 += 1;
+        if t.usable() {
+            counts[i].1 += 1;
+        }
+    }
+    let local = names.iter().position(|n| *n == l.local_zone);
+    (names, counts, local)
+}
+
 /// Builds the target set from resolved addresses, reusing targets (and their pools, stats,
 /// breakers, health) that are still there.
 fn build_set<B>(
@@ -1147,6 +1231,7 @@ fn build_set<B>(
                 host: t.host.as_str().into(),
                 addr: *addr,
                 weight: t.weight,
+                zone: t.zone.as_deref().unwrap_or("").into(),
                 pool: TargetPool::new(cfg.pool, mode),
                 stats: TargetStats::default(),
                 breaker: cfg.breaker.clone().map(Breaker::new),

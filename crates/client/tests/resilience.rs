@@ -70,6 +70,7 @@ fn target(addr: SocketAddr) -> TargetConfig {
         host: addr.ip().to_string(),
         port: addr.port(),
         weight: 1,
+        zone: None,
     }
 }
 
@@ -285,6 +286,7 @@ async fn a_failing_target_opens_its_own_breaker_only() {
         open_for: Duration::from_millis(300),
         half_open_requests: 2,
         slow_call_threshold: None,
+        failure_statuses: Default::default(),
     });
     let u = Upstream::new(cfg);
     let mut results = Vec::new();
@@ -611,6 +613,7 @@ async fn dns_names_resolve_to_every_address_and_follow_changes() {
             host: "users.test".into(),
             port,
             weight: 1,
+            zone: None,
         }],
     );
     cfg.dns = Some(dns.clone());

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod model;
+pub mod policy;
 pub mod raw;
 pub mod shared;
 pub mod source;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors, Lint, Pos, Severity};
 pub use model::*;
+pub use policy::{Condition, Policy, PolicyAction, Signal};
 pub use shared::SharedDoc;
 pub use source::SourceMap;
 
@@ -330,6 +332,7 @@ fn load_value(
         upstreams: parts.upstreams,
         routes: parts.routes,
         plugins: parts.plugins,
+        policies: parts.policies,
         runtime: parts.runtime,
         observability: parts.observability,
         dns: parts.dns,

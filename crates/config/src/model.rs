@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Global plugin config.
     pub plugins: Vec<PluginConf>,
+    /// Traffic policies in file order.
+    pub policies: Vec<crate::policy::Policy>,
     /// Process settings.
     pub runtime: Runtime,
     /// Access log and tracing settings.
@@ -205,6 +207,8 @@ pub struct Target {
     pub port: u16,
     /// Relative weight (≥ 1).
     pub weight: u32,
+    /// Zone, for locality-aware balancing.
+    pub zone: Option<String>,
 }
 
 impl Target {
@@ -330,6 +334,8 @@ pub struct CircuitBreaker {
     pub half_open_requests: u32,
     /// Calls slower than this count as failures.
     pub slow_call_threshold: Option<Duration>,
+    /// Inclusive status ranges that count as failures (default 502-504).
+    pub failure_statuses: Vec<(u16, u16)>,
 }
 
 /// Active health check.
@@ -381,6 +387,8 @@ pub struct Upstream {
     pub retry: Option<Retry>,
     /// Circuit breaker, if configured.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Zone-aware balancing: the local zone's `min_healthy_percent`, when on.
+    pub locality: Option<f64>,
     /// Active health check, if configured.
     pub active_health: Option<ActiveHealth>,
     /// Passive health check, if configured.
@@ -396,6 +404,21 @@ pub enum Action {
     Split(Vec<(usize, u32)>),
     /// Answer directly.
     Direct(DirectResponse),
+}
+
+/// Request mirroring.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Upstream index.
+    pub upstream: usize,
+    /// Share mirrored, 0..=1.
+    pub fraction: f64,
+    /// Header hashed to decide; random when `None`.
+    pub key: Option<HeaderName>,
+    /// Methods mirrored.
+    pub methods: Vec<http::Method>,
+    /// Larger bodies are skipped.
+    pub max_body_bytes: u64,
 }
 
 /// A response the gateway makes itself.
@@ -473,6 +496,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
+    /// Mirrors of the route's requests.
+    pub mirrors: Vec<Mirror>,
     /// Answer used when the upstream is unavailable (breakers open, no healthy target).
     pub fallback: Option<DirectResponse>,
     /// Objective, if declared.
@@ -490,6 +515,8 @@ pub struct Runtime {
     pub shutdown_timeout: Duration,
     /// Config file poll interval; zero disables watching.
     pub watch_interval: Duration,
+    /// This node's zone, if set in the file.
+    pub zone: Option<String>,
 }
 
 /// Where access logs go.

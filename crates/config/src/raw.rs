@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// Name resolution for upstream targets given by DNS name.
     #[serde(default)]
     pub dns: Option<RawDns>,
+    /// Traffic policies: conditions on measured signals and the actions they trigger.
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
     /// Where the shared part (upstreams, routes, plugins, policies) comes from; this file when
     /// absent.
     #[serde(default)]
@@ -249,6 +252,22 @@ pub struct RawUpstream {
     /// Active and passive health checks.
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,
+    /// Zone-aware balancing.
+    #[serde(default)]
+    pub locality: Option<RawLocality>,
+}
+
+/// Zone-aware balancing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocality {
+    /// `local`: prefer targets in this node's zone.
+    #[serde(default)]
+    pub prefer: Option<String>,
+    /// The local zone takes all traffic while at least this share of its targets is healthy
+    /// (default 70); below, traffic spills in proportion.
+    #[serde(default)]
+    pub min_healthy_percent: Option<f64>,
 }
 
 /// One upstream target.
@@ -260,6 +279,9 @@ pub struct RawTarget {
     /// Relative share of requests; default 1.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Zone of the target, for locality-aware balancing.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// TLS towards an upstream.
@@ -382,6 +404,9 @@ pub struct RawCircuitBreaker {
     /// Calls slower than this count as failures.
     #[serde(default)]
     pub slow_call_threshold: Option<String>,
+    /// Statuses that count as failures: codes, ranges (`502-504`) or classes (`5xx`).
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<Value>>,
 }
 
 /// Health checks.
@@ -474,6 +499,9 @@ pub struct RawRoute {
     /// Service level objective of the route.
     #[serde(default)]
     pub slo: Option<RawSlo>,
+    /// Copies of requests sent to other upstreams; never delay or fail the primary.
+    #[serde(default)]
+    pub mirror: Vec<RawMirror>,
     /// Per-route plugin config keyed by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
@@ -586,6 +614,9 @@ pub struct RawRuntime {
     /// How often the config file is checked for changes; "0s" turns watching off.
     #[serde(default)]
     pub watch_interval: Option<String>,
+    /// This node's zone (else the `PORTCULLIS_ZONE` environment variable).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// Observability settings.
@@ -655,4 +686,108 @@ pub struct RawSlo {
     /// Target 99th percentile latency, e.g. `300ms`.
     #[serde(default)]
     pub p99: Option<String>,
+}
+
+/// A traffic policy: when all conditions hold, the actions run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Unique name, used in logs, metrics and the admin API.
+    pub name: String,
+    /// The routes and upstreams it watches and acts on.
+    #[serde(default, rename = "match")]
+    pub matcher: RawPolicyMatch,
+    /// Conditions; all must hold.
+    #[serde(default)]
+    pub conditions: Vec<RawCondition>,
+    /// Requests in a window before a ratio or a latency counts (default 20).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// What happens while the conditions hold.
+    #[serde(default)]
+    pub actions: Vec<RawPolicyAction>,
+    /// `enforce` (default) or `dry_run` (evaluate, log and count only).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// What a policy watches.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyMatch {
+    /// Route names.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Upstream names (the routes sending to them are acted on).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+/// One condition of a policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    /// `p50_latency` | `p90_latency` | `p99_latency` | `error_rate` | `success_rate` | `rps` |
+    /// `in_flight`.
+    pub metric: String,
+    /// Holds when the signal is above this (a duration for latencies).
+    #[serde(default)]
+    pub above: Option<Value>,
+    /// Holds when the signal is below this.
+    #[serde(default)]
+    pub below: Option<Value>,
+    /// Rolling window the signal is measured over (default 10s).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Windows in a row it must hold (default 1).
+    #[serde(default)]
+    pub consecutive: Option<u32>,
+}
+
+/// One action of a policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyAction {
+    /// `circuit_breaker` | `shed` | `reroute` | `timeout`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `circuit_breaker`: how long it stays open before letting traffic back (default 30s).
+    #[serde(default)]
+    pub open_for: Option<String>,
+    /// `circuit_breaker`: the answer while open; 503 `upstream_unavailable` when absent.
+    #[serde(default)]
+    pub fallback: Option<RawDirectResponse>,
+    /// `shed`: share of requests answered 503 `load_shed`, in percent.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// `shed`: the `Retry-After` sent (default 1s).
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    /// `reroute`: the upstream requests go to instead.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// `timeout`: the route timeout while triggered.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Request mirroring to another upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// The upstream copies go to.
+    pub upstream: String,
+    /// Share of requests mirrored, 0..1 (default 1).
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// `header:NAME`: pick by a hash of this header, so one caller is mirrored consistently;
+    /// random when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Methods mirrored (default GET and HEAD).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Larger request bodies are not mirrored (default 65536).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }

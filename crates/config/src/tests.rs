@@ -156,3 +156,29 @@ fn route_plugins_override_global_ones() {
     assert_eq!(p[1].config["x"], 3);
     assert_eq!(p[1].field, "routes[0].plugins.b");
 }
+
+#[test]
+fn failure_statuses_take_codes_ranges_and_classes() {
+    let up = |cb: &str| {
+        format!(
+            "{BASE}upstreams:\n  u:\n    targets: [{{ address: 127.0.0.1:1 }}]\n    circuit_breaker: {cb}\n"
+        )
+    };
+    let c = load(&up("{ failure_rate: 0.5 }")).unwrap();
+    let cb = c.upstreams[0].circuit_breaker.as_ref().unwrap();
+    assert_eq!(cb.failure_statuses, vec![(502, 504)]);
+    let c = load(&up("{ failure_statuses: [500, 502-504, 4xx, \"429\"] }")).unwrap();
+    let cb = c.upstreams[0].circuit_breaker.as_ref().unwrap();
+    assert_eq!(
+        cb.failure_statuses,
+        vec![(500, 500), (502, 504), (400, 499), (429, 429)]
+    );
+    let e = errors(&up("{ failure_statuses: [500, 504-502, 7xx, 99] }"));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("gw.yaml:6:")
+            && e[0].contains("upstreams.u.circuit_breaker.failure_statuses[1]"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("a range (502-504)"), "{e:?}");
+}

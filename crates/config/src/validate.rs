@@ -18,6 +18,9 @@ use crate::error::{ConfigError, Lint, Severity};
 use crate::model::*;
 use crate::raw::*;
 
+mod mirror;
+mod policy;
+
 /// Plugins that authenticate; routes using them should be pinned to hosts.
 const AUTH_PLUGINS: &[&str] = &["jwt", "key_auth", "basic_auth"];
 
@@ -140,6 +143,7 @@ impl<'a> Validator<'a> {
         let runtime = self.runtime(&raw.runtime);
         let observability = self.observability(raw.observability.as_ref());
         let dns = self.dns(raw.dns.as_ref());
+        let policies = self.policies(&raw.policies, &index, &routes);
         if !self.errors.is_empty() {
             return None;
         }
@@ -149,6 +153,7 @@ impl<'a> Validator<'a> {
             upstreams,
             routes,
             plugins: global_plugins,
+            policies,
             runtime,
             observability,
             dns,
@@ -450,6 +455,7 @@ impl<'a> Validator<'a> {
             let tp = format!("{p}.targets[{i}]");
             match parse_host_port(&t.address) {
                 Some((host, port)) => targets.push(Target {
+                    zone: t.zone.clone(),
                     host,
                     port,
                     weight: match t.weight {
@@ -554,6 +560,24 @@ impl<'a> Validator<'a> {
             .circuit_breaker
             .as_ref()
             .map(|b| self.circuit_breaker(&p, b));
+        let locality = u.locality.as_ref().and_then(|l| {
+            let lp = format!("{p}.locality");
+            if let Some(other) = l.prefer.as_deref().filter(|x| *x != "local") {
+                self.err(
+                    format!("{lp}.prefer"),
+                    format!("unknown preference `{other}`: use local"),
+                );
+            }
+            let min = l.min_healthy_percent.unwrap_or(70.0);
+            if !(min > 0.0 && min <= 100.0) {
+                self.err(
+                    format!("{lp}.min_healthy_percent"),
+                    "a percentage above 0 and at most 100",
+                );
+                return None;
+            }
+            Some(min)
+        });
         let hc = u.health_check.clone().unwrap_or_default();
         let active_health = hc.active.as_ref().map(|a| ActiveHealth {
             path: a.path.clone().unwrap_or_else(|| "/healthz".into()),
@@ -590,6 +614,7 @@ impl<'a> Validator<'a> {
             pool,
             retry,
             circuit_breaker,
+            locality,
             active_health,
             passive_health,
         }
@@ -730,7 +755,34 @@ impl<'a> Validator<'a> {
             half_open_requests: b.half_open_requests.unwrap_or(3).max(1),
             slow_call_threshold: self
                 .opt_duration(&format!("{bp}.slow_call_threshold"), &b.slow_call_threshold),
+            failure_statuses: self.failure_statuses(&bp, b.failure_statuses.as_deref()),
         }
+    }
+
+    /// `failure_statuses`: codes, `FROM-TO` ranges and `Nxx` classes; default 502-504.
+    fn failure_statuses(&mut self, bp: &str, raw: Option<&[Value]>) -> Vec<(u16, u16)> {
+        let Some(raw) = raw else {
+            return vec![(502, 504)];
+        };
+        let mut out = Vec::new();
+        for (i, v) in raw.iter().enumerate() {
+            match parse_status_range(v) {
+                Some(r) => out.push(r),
+                None => self.err(
+                    format!("{bp}.failure_statuses[{i}]"),
+                    format!(
+                        "invalid status {v}: write a code (500), a range (502-504) or a class (5xx), within 100-599"
+                    ),
+                ),
+            }
+        }
+        if out.is_empty() && raw.is_empty() {
+            self.err(
+                format!("{bp}.failure_statuses"),
+                "empty: list at least one status, or leave it out for the default 502-504",
+            );
+        }
+        out
     }
 
     fn routes(
@@ -804,8 +856,10 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
+            let mirrors = self.mirrors(&p, &r.mirror, upstreams);
             if let (Some(spec), Some(action)) = (spec, action) {
                 out.push(Route {
+                    mirrors,
                     name: r.name.clone(),
                     spec,
                     action,
@@ -1028,6 +1082,7 @@ impl<'a> Validator<'a> {
 
     fn runtime(&mut self, r: &RawRuntime) -> Runtime {
         Runtime {
+            zone: r.zone.clone().filter(|z| !z.is_empty()),
             worker_threads: r.worker_threads.unwrap_or(0),
             shutdown_timeout: self.duration(
                 "runtime.shutdown_timeout",
@@ -1149,6 +1204,7 @@ pub(crate) struct ConfigParts {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub plugins: Vec<PluginConf>,
+    pub policies: Vec<crate::policy::Policy>,
     pub runtime: Runtime,
     pub observability: Observability,
     pub dns: Dns,
@@ -1176,4 +1232,31 @@ fn parse_host_port(s: &str) -> Option<(String, u16)> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
     valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// One entry of `failure_statuses` as an inclusive range.
+fn parse_status_range(v: &Value) -> Option<(u16, u16)> {
+    let ok = |c: u64| (100..600).contains(&c);
+    let r = match v {
+        Value::Number(n) => n.as_u64().filter(|c| ok(*c)).map(|c| (c, c)),
+        Value::String(s) => {
+            let s = s.trim();
+            if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+                class
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|c| (1..=5).contains(c) && class.len() == 1)
+                    .map(|c| (c * 100, c * 100 + 99))
+            } else if let Some((a, b)) = s.split_once('-') {
+                match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+                    (Ok(a), Ok(b)) if ok(a) && ok(b) && a <= b => Some((a, b)),
+                    _ => None,
+                }
+            } else {
+                s.parse::<u64>().ok().filter(|c| ok(*c)).map(|c| (c, c))
+            }
+        }
+        _ => None,
+    };
+    r.map(|(a, b)| (a as u16, b as u16))
 }

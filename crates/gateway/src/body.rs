@@ -105,6 +105,8 @@ pub enum ReqBody {
     },
     /// A body passed through plugins' stream transforms (never replayed).
     Transformed(Box<ReqBody>, Transform),
+    /// A streamed body copied for mirrors as it goes (never replayed).
+    Mirrored(Box<ReqBody>, Box<crate::mirror::Tee>),
 }
 
 impl ReqBody {
@@ -163,6 +165,20 @@ impl Body for ReqBody {
                 Poll::Pending => Poll::Pending,
             },
             ReqBody::Transformed(inner, t) => t.poll(Pin::new(inner.as_mut()), cx),
+            ReqBody::Mirrored(inner, tee) => {
+                let r = Pin::new(inner.as_mut()).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            tee.data(d);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => tee.abandon(),
+                    Poll::Ready(None) => tee.end(),
+                    Poll::Pending => {}
+                }
+                r
+            }
         }
     }
 
@@ -172,6 +188,8 @@ impl Body for ReqBody {
             ReqBody::Buffered(b, _) => b.is_none(),
             ReqBody::Stream { inner, .. } => inner.is_end_stream(),
             ReqBody::Transformed(_, t) => t.done && t.trailers.is_none(),
+            // Polled to its end, so the copies are queued.
+            ReqBody::Mirrored(..) => false,
         }
     }
 
@@ -183,6 +201,7 @@ impl Body for ReqBody {
             }
             ReqBody::Stream { inner, .. } => inner.size_hint(),
             ReqBody::Transformed(..) => SizeHint::default(),
+            ReqBody::Mirrored(inner, _) => inner.size_hint(),
         }
     }
 }
@@ -192,7 +211,7 @@ impl portcullis_client::ReplayBody for ReqBody {
         match self {
             ReqBody::Empty => Some(Bytes::new()),
             ReqBody::Buffered(_, all) => Some(all.clone()),
-            ReqBody::Stream { .. } | ReqBody::Transformed(..) => None,
+            ReqBody::Stream { .. } | ReqBody::Transformed(..) | ReqBody::Mirrored(..) => None,
         }
     }
 

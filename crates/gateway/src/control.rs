@@ -95,6 +95,7 @@ impl Control {
             shutdown,
             history,
             fleet,
+            mirrors: Arc::new(crate::mirror::Queue::start()),
         });
         let mut listeners = Listeners::default();
         let prepared = listeners.prepare(&want).await?;

@@ -23,7 +23,9 @@ mod history;
 mod live;
 mod logging;
 mod metrics;
+mod mirror;
 mod otel;
+mod policy;
 mod proxy;
 mod server;
 mod slo;
@@ -256,6 +258,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
         tokio::spawn(control.clone().watch_file());
+        tokio::spawn(policy::run(control.shared.clone()));
         tokio::spawn(control.clone().watch_tls_files());
         if let Some(f) = fleet {
             info!(node = %f.node_id, prefix = %f.layout.prefix(), "shared config from etcd");

@@ -31,6 +31,7 @@ pub struct Metrics {
     bytes_out: IntCounterVec,
     in_flight: IntGauge,
     windows: Mutex<HashMap<String, Arc<RollingStats>>>,
+    answered: Mutex<HashMap<String, Arc<crate::policy::Answered>>>,
     /// Config reloads by result (`ok` / `failed`).
     pub reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -52,6 +53,19 @@ pub struct Metrics {
     pub refused_connections: IntCounterVec,
     /// Config changes: generation, propagation, resyncs, refusals.
     pub config: crate::fleet::metrics::ConfigMetrics,
+    /// Policy state: 0 idle, 1 triggered, 2 dry-run triggered.
+    pub policy_state: IntGaugeVec,
+    /// Policy transitions, by policy and the state entered.
+    pub policy_transitions: IntCounterVec,
+}
+
+/// Cumulative counts of a route, read by the policy engine (never on the request path).
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub server_errors: u64,
 }
 
 /// Method label values; anything else is `OTHER`, so the label stays bounded.
@@ -174,6 +188,50 @@ impl RouteMetrics {
         s.bytes_out.inc_by(bytes_out);
         self.stats.record(total, rec.status >= 500);
     }
+}
+
+impl RouteMetrics {
+    /// Requests and 5xx answers so far, of the given split legs (all when `None`).
+    pub fn totals(&self, legs: Option<&[usize]>) -> Totals {
+        let mut t = Totals::default();
+        for (i, cell) in self.cells.iter().enumerate() {
+            let leg = i / (METHODS.len() * CLASSES.len());
+            if legs.is_some_and(|l| !l.contains(&leg)) {
+                continue;
+            }
+            let n = cell.get().map_or(0, IntCounter::get);
+            t.requests += n;
+            if i % CLASSES.len() == 4 {
+                t.server_errors += n;
+            }
+        }
+        t
+    }
+
+    /// The route's latency histogram so far: cumulative (upper bound in seconds, count).
+    pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
+        buckets(&self.latency)
+    }
+
+    /// The latency histogram of a leg's upstream, and the upstream's name.
+    pub fn upstream_buckets(&self, leg: usize) -> Option<(&str, Vec<(f64, u64)>)> {
+        let h = self.upstream_latency.get(leg)?;
+        Some((self.legs.get(leg).map_or("", |s| &**s), buckets(h)))
+    }
+}
+
+/// A histogram's cumulative buckets, `+Inf` last.
+fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
+    use prometheus::core::Metric as _;
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let mut out: Vec<(f64, u64)> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    out.push((f64::INFINITY, hist.get_sample_count()));
+    out
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -303,8 +361,22 @@ impl Metrics {
             &["listener", "reason"],
         );
         let config = crate::fleet::metrics::ConfigMetrics::new(&registry);
+        let policy_state = gauge_vec(
+            &registry,
+            "portcullis_policy_state",
+            "State of a traffic policy: 0 idle, 1 triggered, 2 dry-run triggered.",
+            &["policy"],
+        );
+        let policy_transitions = counter_vec(
+            &registry,
+            "portcullis_policy_transitions_total",
+            "Traffic policy transitions, by policy and the state entered (triggered, open, half_open, idle, dry_run_triggered).",
+            &["policy", "to"],
+        );
         Self {
             config,
+            policy_state,
+            policy_transitions,
             registry,
             requests,
             latency,
@@ -313,6 +385,7 @@ impl Metrics {
             bytes_out,
             in_flight,
             windows: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
             reloads,
             config_info,
             connections,
@@ -361,6 +434,12 @@ impl Metrics {
             stats,
             legs,
         }
+    }
+
+    /// The count of a route's requests answered by policies (kept across reloads by name).
+    pub fn answered(&self, route: &str) -> Arc<crate::policy::Answered> {
+        let mut m = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(route.to_owned()).or_default().clone()
     }
 
     /// A config was applied: its generation and, from a store, when it was committed.

@@ -190,6 +190,7 @@ impl Tracer {
                 host: host.clone(),
                 port,
                 weight: 1,
+                zone: None,
             }],
         );
         ucfg.protocol = match (grpc, tls) {

@@ -187,6 +187,17 @@ async fn serve(
         }
     }
 
+    let steer = if route.policies.is_empty() {
+        crate::policy::Steer::default()
+    } else {
+        match crate::policy::check(&route.policies, &route.answered, &ctx.request_id) {
+            crate::policy::Check::Go(s) => s,
+            crate::policy::Check::Answer(resp) => {
+                rec.error = Some("policy");
+                return response_phase(*resp, route, ctx);
+            }
+        }
+    };
     let up_idx = match &route.action {
         RouteAction::Direct(d) => {
             let mut resp = Response::new(RespBody::full(d.body.clone()));
@@ -206,6 +217,7 @@ async fn serve(
             legs[at].0
         }
     };
+    let up_idx = steer.reroute.unwrap_or(up_idx);
     rec.upstream = Some(up_idx);
     let upstream = &snap.upstreams[up_idx];
 
@@ -294,6 +306,17 @@ async fn serve(
     } else {
         ReqBody::Empty
     };
+    let body = if route.mirrors.is_empty() || websocket {
+        body
+    } else {
+        crate::mirror::fork(
+            &route.mirrors,
+            &snap.upstreams,
+            &conn.shared.mirrors,
+            &parts,
+            body,
+        )
+    };
     let req = Request::from_parts(parts, body);
     let sent_at = Instant::now();
     let hook = rec.trace_ctx.as_ref().map(|t| TraceHook {
@@ -304,7 +327,11 @@ async fn serve(
     let hook_ref = hook
         .as_ref()
         .map(|h| h as &dyn portcullis_client::AttemptHook);
-    let result = match route.timeout {
+    let timeout = match (route.timeout, steer.timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let result = match timeout {
         Some(t) => match tokio::time::timeout(t, upstream.send_with(req, key, hook_ref)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::new(ErrorKind::DeadlineExceeded).with_timeout(t)),

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use portcullis_client::{
     ActiveHealthConfig, BreakerConfig, Dns, DnsConfig, PassiveHealthConfig, Policy, PoolConfig,
-    Protocol, RetryOn, RetryPolicy, TargetConfig, Timeouts, TlsSettings, Upstream, UpstreamConfig,
+    Protocol, RetryOn, RetryPolicy, StatusSet, TargetConfig, Timeouts, TlsSettings, Upstream,
+    UpstreamConfig,
 };
 use portcullis_config::{
     Action, Config, ConfigError, ConfigErrors, DirectResponse, HashKey, Limits, LoadBalancer,
@@ -53,6 +54,12 @@ pub struct RouteRuntime {
     pub bodies: bool,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// Mirrors of this route's requests (usually none).
+    pub mirrors: Vec<portcullis_config::Mirror>,
+    /// Traffic policies acting on this route (usually none).
+    pub policies: Vec<crate::policy::RoutePolicy>,
+    /// Requests a policy answered, left out of the route's signals.
+    pub answered: Arc<crate::policy::Answered>,
 }
 
 /// A listener's per-connection settings.
@@ -97,6 +104,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// Warnings plugins found in their config (shown by `validate`).
     pub lints: Vec<portcullis_config::Lint>,
+    /// Traffic policy states, in `config.policies` order (kept across reloads when unchanged).
+    pub policies: Vec<Arc<crate::policy::PolicyRuntime>>,
 }
 
 impl Snapshot {
@@ -191,8 +200,9 @@ impl Snapshot {
         } else {
             None
         };
+        let zone = local_zone(&config);
         for u in &config.upstreams {
-            let fp = format!("{u:?}{:?}", config.dns);
+            let fp = format!("{u:?}{:?}{zone:?}", config.dns);
             let reused = prev.and_then(|p| {
                 p.fingerprints
                     .iter()
@@ -201,13 +211,16 @@ impl Snapshot {
             });
             let client = match reused {
                 Some(c) => c,
-                None => match upstream_client(u, dns.as_ref().map(|(_, d)| d.clone())) {
-                    Ok(c) => Upstream::new(c),
-                    Err(msg) => {
-                        errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
-                        continue;
+                None => {
+                    match upstream_client(u, dns.as_ref().map(|(_, d)| d.clone()), zone.as_deref())
+                    {
+                        Ok(c) => Upstream::new(c),
+                        Err(msg) => {
+                            errors.push(at(&format!("upstreams.{}.tls", u.name), msg));
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
                 tracing::warn!(upstream = %u.name, "TLS verification is off for this upstream (insecure_skip_verify)");
@@ -255,6 +268,12 @@ impl Snapshot {
         for p in global.values() {
             reserve(&**p);
         }
+        let prev_policies = prev.map_or(&[][..], |p| &p.policies[..]);
+        let policies: Vec<Arc<crate::policy::PolicyRuntime>> = config
+            .policies
+            .iter()
+            .map(|def| crate::policy::PolicyRuntime::carry(def, prev_policies))
+            .collect();
         let mut routes = Vec::new();
         for r in &config.routes {
             let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
@@ -316,7 +335,21 @@ impl Snapshot {
                 _ => 64 * 1024,
             };
             let bodies = plugins.iter().any(|p| p.has_body_phases());
+            let route_index = routes.len();
+            let route_policies = config
+                .policies
+                .iter()
+                .zip(&policies)
+                .filter(|(def, _)| def.routes.contains(&route_index))
+                .map(|(def, state)| crate::policy::RoutePolicy {
+                    state: state.clone(),
+                    actions: def.actions.clone(),
+                })
+                .collect();
             routes.push(RouteRuntime {
+                mirrors: r.mirrors.clone(),
+                policies: route_policies,
+                answered: metrics.answered(&r.name),
                 name: r.name.as_str().into(),
                 action,
                 rewrite: r.rewrite.clone(),
@@ -407,6 +440,7 @@ impl Snapshot {
             dns,
             loaded_at: SystemTime::now(),
             lints,
+            policies,
         })
     }
 }
@@ -445,9 +479,19 @@ fn build_plugin(
 }
 
 /// Maps an upstream's config to the client's. Blocking (reads TLS files).
+/// This node's zone: `runtime.zone`, else `PORTCULLIS_ZONE`.
+pub fn local_zone(config: &Config) -> Option<String> {
+    config.runtime.zone.clone().or_else(|| {
+        std::env::var("PORTCULLIS_ZONE")
+            .ok()
+            .filter(|z| !z.is_empty())
+    })
+}
+
 fn upstream_client(
     u: &portcullis_config::Upstream,
     dns: Option<Arc<Dns>>,
+    zone: Option<&str>,
 ) -> Result<UpstreamConfig, String> {
     use portcullis_config::Protocol as P;
     use portcullis_config::RetryOn as R;
@@ -484,6 +528,7 @@ fn upstream_client(
             .targets
             .iter()
             .map(|t| TargetConfig {
+                zone: t.zone.clone(),
                 host: t.host.clone(),
                 port: t.port,
                 weight: t.weight,
@@ -537,6 +582,13 @@ fn upstream_client(
             open_for: b.open_for,
             half_open_requests: b.half_open_requests,
             slow_call_threshold: b.slow_call_threshold,
+            failure_statuses: {
+                let mut set = StatusSet::empty();
+                for (from, to) in &b.failure_statuses {
+                    set.insert_range(*from, *to);
+                }
+                set
+            },
         }),
         active_health: u.active_health.as_ref().map(|a| ActiveHealthConfig {
             path: a.path.clone(),
@@ -552,5 +604,16 @@ fn upstream_client(
             max_ejected_percent: p.max_ejected_percent,
         }),
         dns,
+        locality: match (u.locality, zone) {
+            (Some(min), Some(z)) => Some(portcullis_client::Locality {
+                local_zone: z.into(),
+                min_healthy_percent: min,
+            }),
+            (Some(_), None) => {
+                tracing::warn!(upstream = %u.name, "locality is set but this node has no zone (runtime.zone or PORTCULLIS_ZONE): balancing ignores zones");
+                None
+            }
+            _ => None,
+        },
     })
 }

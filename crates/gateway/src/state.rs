@@ -38,6 +38,8 @@ pub struct Shared {
     pub history: crate::history::History,
     /// The fleet state when the shared part comes from etcd.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The queue of mirrored requests.
+    pub mirrors: Arc<crate::mirror::Queue>,
 }
 
 /// Counts live connections and wakes the shutdown waiter when the last one ends.

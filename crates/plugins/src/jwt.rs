@@ -374,6 +374,7 @@ impl Jwks {
                 host: host.clone(),
                 port,
                 weight: 1,
+                zone: None,
             }],
         );
         cfg.protocol = Protocol::Http1;

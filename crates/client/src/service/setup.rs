@@ -45,6 +45,7 @@ impl Client {
                 host,
                 port: key.port,
                 weight: 1,
+                zone: None,
             }],
         );
         cfg.protocol = match (key.https, s.http2, s.http2_prior_knowledge) {

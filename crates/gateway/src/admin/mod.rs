@@ -37,6 +37,7 @@ pub fn router(control: Arc<Control>) -> Router {
                 .delete(crate::fleet::admin::write),
         )
         .route("/admin/slo", get(slo))
+        .route("/admin/policies", get(policies))
         .route("/admin/topology", get(topology))
         .route("/admin/stream", get(crate::live::sse::stream))
         .route("/admin/series", get(crate::live::sse::series))
@@ -128,7 +129,8 @@ async fn readyz(State(c): State<Arc<Control>>) -> Response {
 
 async fn metrics(State(c): State<Arc<Control>>) -> Response {
     let snap = c.shared.snapshot.load_full();
-    let body = c.shared.metrics.render(&snap);
+    let mut body = c.shared.metrics.render(&snap);
+    c.shared.mirrors.render(&mut body);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -226,11 +228,20 @@ async fn upstreams(State(c): State<Arc<Control>>) -> Response {
                 "retries": u.stats().retries().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
                 "retry_budget_exhausted": u.stats().budget_exhausted.load(Ordering::Relaxed),
                 "tls_verify": cfg.tls.as_ref().map(|t| !t.insecure_skip_verify),
+                "zones": u.zone_shares().iter().map(|z| json!({
+                    "zone": z.zone,
+                    "local": z.local,
+                    "targets": z.targets,
+                    "healthy": z.healthy,
+                    "healthy_percent": z.healthy_percent,
+                    "traffic_percent": (z.traffic_percent * 10.0).round() / 10.0,
+                })).collect::<Vec<_>>(),
                 "targets": u.targets().iter().map(|t| {
                     let s = &t.stats;
                     json!({
                         "address": &*t.authority,
                         "weight": t.weight,
+                        "zone": (!t.zone.is_empty()).then(|| &*t.zone),
                         "health": t.health.describe(),
                         "circuit": t.circuit(),
                         "ejections": t.health.ejections_total.load(Ordering::Relaxed),
@@ -277,6 +288,11 @@ async fn slo(State(c): State<Arc<Control>>) -> Response {
     let mut v = crate::topology::slo_json(&snap);
     crate::suspect::annotate(&mut v, &snap, &c.shared.history);
     Json200(v).into_response()
+}
+
+async fn policies(State(c): State<Arc<Control>>) -> Response {
+    let snap = c.shared.snapshot.load_full();
+    Json200(crate::policy::admin_json(&snap)).into_response()
 }
 
 async fn topology(State(c): State<Arc<Control>>) -> Response {

@@ -462,9 +462,19 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
+    upstream_on("127.0.0.1", handler).await
+}
+
+/// Like [`upstream`], on another loopback address (`127.0.0.2`, ...), for tests that tell
+/// targets apart by address.
+pub async fn upstream_on<F, Fut, B>(ip: &str, handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c2 = connections.clone();
