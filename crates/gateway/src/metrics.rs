@@ -145,21 +145,10 @@ impl RouteMetrics {
     /// The latency histogram as cumulative counts per bucket with the buckets' upper bounds
     /// in milliseconds (the last is +Inf). Reads the histogram; off the request path.
     pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
-        use prometheus::core::Metric as _;
-        let Some(series) = self.series.get() else {
-            let mut v: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().map(|b| (b * 1000.0, 0)).collect();
-            v.push((f64::INFINITY, 0));
-            return v;
-        };
-        let m = series.latency.metric();
-        let mut v: Vec<(f64, u64)> = m
-            .get_histogram()
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound() * 1000.0, b.cumulative_count()))
-            .collect();
-        v.push((f64::INFINITY, m.get_histogram().get_sample_count()));
-        v
+        self.latency_buckets_secs()
+            .into_iter()
+            .map(|(b, n)| (b * 1000.0, n))
+            .collect()
     }
 
     /// Records a finished request.
@@ -208,9 +197,17 @@ impl RouteMetrics {
         t
     }
 
-    /// The route's latency histogram so far: cumulative (upper bound in seconds, count).
-    pub fn latency_buckets(&self) -> Vec<(f64, u64)> {
-        buckets(&self.latency)
+    /// The route's latency histogram so far: cumulative (upper bound in seconds, count), all
+    /// zero before the route's first request.
+    pub fn latency_buckets_secs(&self) -> Vec<(f64, u64)> {
+        match self.series.get() {
+            Some(s) => buckets(&s.latency),
+            None => LATENCY_BUCKETS
+                .iter()
+                .map(|b| (*b, 0))
+                .chain([(f64::INFINITY, 0)])
+                .collect(),
+        }
     }
 
     /// The latency histogram of a leg's upstream, and the upstream's name.

@@ -64,7 +64,7 @@ pub fn sample(def: &Policy, snap: &Snapshot) -> Sample {
                 // cumulative one.
                 let h: Vec<(f64, u64)> = route
                     .metrics
-                    .latency_buckets()
+                    .latency_buckets_secs()
                     .into_iter()
                     .map(|(b, n)| (b, n.saturating_sub(answered)))
                     .collect();
