@@ -687,7 +687,7 @@ async fn optional_mode_and_the_plugin_on_http1_and_http2() {
             .collect()
     };
     assert!(
-        eventually(Duration::from_secs(5), async || lines(&log).len() >= 17).await,
+        eventually(Duration::from_secs(5), async || lines(&log).len() >= 19).await,
         "access log: {:?}",
         lines(&log)
     );
