@@ -99,7 +99,12 @@ impl Service<http::Request<tonic::body::Body>> for Items {
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", addr] => serve(addr.parse()?),
         ["request", file] => {
             // The same call as bench/transcode/request.json.
