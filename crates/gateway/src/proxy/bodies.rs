@@ -25,27 +25,50 @@ enum ReadError {
 }
 
 /// Reads a body and its trailers whole, refusing more than `limit` bytes.
-async fn read_all<B>(mut body: B, limit: u64) -> Result<(Bytes, Option<HeaderMap>), ReadError>
+async fn read_all<B>(
+    mut body: B,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<(Bytes, Option<HeaderMap>), ReadError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     use http_body_util::BodyExt;
-    let mut buf = bytes::BytesMut::new();
+    // A body that arrives in one frame (most small ones) is kept as it came: no copy. A second
+    // frame starts a buffer sized from Content-Length when the client sent one.
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut total = 0u64;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
         match frame.into_data() {
             Ok(d) => {
-                if (buf.len() + d.len()) as u64 > limit {
+                total += d.len() as u64;
+                if total > limit {
                     return Err(ReadError::TooLarge);
                 }
-                buf.extend_from_slice(&d);
+                if let Some(b) = buf.as_mut() {
+                    b.extend_from_slice(&d);
+                } else if let Some(f) = first.take() {
+                    let cap = declared.unwrap_or(total).clamp(total, limit);
+                    let mut b = bytes::BytesMut::with_capacity(usize::try_from(cap).unwrap_or(0));
+                    b.extend_from_slice(&f);
+                    b.extend_from_slice(&d);
+                    buf = Some(b);
+                } else {
+                    first = Some(d);
+                }
             }
             Err(f) => trailers = f.into_trailers().ok(),
         }
     }
-    Ok((buf.freeze(), trailers))
+    let data = match buf {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    };
+    Ok((data, trailers))
 }
 
 /// Runs stream transforms over a body already whole.
@@ -136,7 +159,7 @@ pub(super) async fn request(
     let read = if declared.is_some_and(|n| n > limit) {
         Err(ReadError::TooLarge)
     } else {
-        read_all(incoming, limit).await
+        read_all(incoming, limit, declared).await
     };
     let (mut data, trailers) = match read {
         Ok(x) => x,
@@ -232,7 +255,12 @@ pub(super) async fn response(
         };
         return (Response::from_parts(parts, body), Some(ctx));
     };
-    let (mut data, mut trailers) = match read_all(body, limit).await {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (mut data, mut trailers) = match read_all(body, limit, declared).await {
         Ok(x) => x,
         Err(e) => {
             let (ge, reason) = match e {
@@ -293,4 +321,45 @@ pub(super) async fn response(
         trailers,
     };
     (Response::from_parts(parts, body), Some(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    fn frames(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+        let mut v: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", http::HeaderValue::from_static("1"));
+        v.push(Ok(Frame::trailers(t)));
+        StreamBody::new(futures_util::stream::iter(v))
+    }
+
+    #[tokio::test]
+    async fn read_all_keeps_one_frame_and_joins_many() {
+        let (one, t) = read_all(frames(&["hello"]), 10, Some(5))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(one, "hello");
+        assert!(t.is_some_and(|t| t.contains_key("x-sum")));
+        for declared in [None, Some(2), Some(11), Some(100)] {
+            let (all, _) = read_all(frames(&["ab", "cd", "efg"]), 10, declared)
+                .await
+                .ok()
+                .unwrap();
+            assert_eq!(all, "abcdefg", "declared {declared:?}");
+        }
+        let (none, _) = read_all(frames(&[]), 10, None).await.ok().unwrap();
+        assert!(none.is_empty());
+        assert!(matches!(
+            read_all(frames(&["abcdef", "ghijk"]), 10, None).await,
+            Err(ReadError::TooLarge)
+        ));
+    }
 }
