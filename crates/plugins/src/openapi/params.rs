@@ -155,6 +155,39 @@ fn simple_value(raw: &str, p: &Param) -> Value {
     }
 }
 
+/// A `label` or `matrix` path value rewritten in `simple` style (`a,b`, exploded objects
+/// `k=v,k=v`); `None` when it lacks its style's prefix.
+fn path_as_simple(raw: &str, p: &Param) -> Option<String> {
+    match p.style {
+        Style::Label => {
+            let rest = raw.strip_prefix('.')?;
+            Some(if p.explode {
+                rest.replace('.', ",")
+            } else {
+                rest.to_owned()
+            })
+        }
+        Style::Matrix => {
+            let rest = raw.strip_prefix(';')?;
+            if p.explode && matches!(p.shape, Shape::Object(_)) {
+                return Some(rest.replace(';', ","));
+            }
+            let prefix = format!("{}=", p.name);
+            let mut values = Vec::new();
+            for piece in rest.split(';') {
+                // `;name` alone is the empty value.
+                values.push(if piece == p.name {
+                    ""
+                } else {
+                    piece.strip_prefix(prefix.as_str())?
+                });
+            }
+            Some(values.join(","))
+        }
+        _ => Some(raw.to_owned()),
+    }
+}
+
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
@@ -184,10 +217,29 @@ pub fn check(
             continue;
         }
         let value = match p.loc {
-            In::Path => vars
-                .iter()
-                .find(|(n, _)| *n == p.name)
-                .map(|(_, v)| simple_value(&decode(v, false), p)),
+            In::Path => match vars.iter().find(|(n, _)| *n == p.name) {
+                Some((_, v)) => {
+                    let Some(simple) = path_as_simple(v, p) else {
+                        out.push(Failure {
+                            loc: "path",
+                            name: p.name.clone(),
+                            pointer: String::new(),
+                            message: format!(
+                                "expected the {} style (starting with `{}`)",
+                                if p.style == Style::Label {
+                                    "label"
+                                } else {
+                                    "matrix"
+                                },
+                                if p.style == Style::Label { '.' } else { ';' }
+                            ),
+                        });
+                        continue;
+                    };
+                    Some(simple_value(&decode(&simple, false), p))
+                }
+                None => None,
+            },
             In::Query => query_value(p, &pairs, &mut used),
             In::Header => {
                 let vals: Vec<&str> = headers
@@ -251,6 +303,46 @@ mod tests {
         let pairs = query_pairs(query);
         let mut used = vec![false; pairs.len()];
         query_value(p, &pairs, &mut used)
+    }
+
+    #[test]
+    fn label_and_matrix_path_styles() {
+        let path = |style, explode, shape: Shape, raw: &str| {
+            let mut p = param(style, explode, shape);
+            p.loc = In::Path;
+            path_as_simple(raw, &p).map(|s| simple_value(&s, &p))
+        };
+        let int = Shape::Scalar(Scalar::Integer);
+        let arr = Shape::Array(Scalar::Integer);
+        let obj = Shape::Object(vec![("a".into(), Scalar::Integer)]);
+        assert_eq!(path(Style::Label, false, int.clone(), ".5"), Some(json!(5)));
+        assert_eq!(
+            path(Style::Label, false, arr.clone(), ".1,2"),
+            Some(json!([1, 2]))
+        );
+        assert_eq!(
+            path(Style::Label, true, arr.clone(), ".1.2"),
+            Some(json!([1, 2]))
+        );
+        assert_eq!(path(Style::Label, false, int.clone(), "5"), None);
+        assert_eq!(
+            path(Style::Matrix, false, int.clone(), ";id=5"),
+            Some(json!(5))
+        );
+        assert_eq!(
+            path(Style::Matrix, false, arr.clone(), ";id=1,2"),
+            Some(json!([1, 2]))
+        );
+        assert_eq!(
+            path(Style::Matrix, true, arr, ";id=1;id=2"),
+            Some(json!([1, 2]))
+        );
+        assert_eq!(
+            path(Style::Matrix, true, obj, ";a=3;b=x"),
+            Some(json!({"a": 3, "b": "x"}))
+        );
+        assert_eq!(path(Style::Matrix, false, int.clone(), ";other=5"), None);
+        assert_eq!(path(Style::Matrix, false, int, "5"), None);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub enum Style {
     Space,
     /// `name[field]=value`.
     DeepObject,
+    /// `.a,b` (path; exploded `.a.b`).
+    Label,
+    /// `;name=a,b` (path; exploded `;name=a;name=b`, objects `;k=v;k=v`).
+    Matrix,
 }
 
 /// A declared parameter.
@@ -603,6 +607,8 @@ impl Compiler<'_> {
             Some("pipeDelimited") => Style::Pipe,
             Some("spaceDelimited") => Style::Space,
             Some("deepObject") => Style::DeepObject,
+            Some("label") => Style::Label,
+            Some("matrix") => Style::Matrix,
             _ => Style::Default,
         };
         let default_explode = matches!(where_, In::Query | In::Cookie) && style == Style::Default;
