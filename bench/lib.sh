@@ -115,3 +115,37 @@ cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
   echo $((${12} + ${13}))
 }
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+# measure name pid url [h2load args...] -> appends "cpu_us rps p50_ms p99_ms requests non2xx" to
+# $TMP/name.results: the CPU of process `pid` per request h2load completed, h2load's request
+# rate, latency percentiles from its per-request log, requests, answers that were not 2xx.
+# One warm-up of WARMUP seconds (not counted), then DURATION seconds measured; h2load runs on
+# LOAD_CORE. Needs TMP, LOAD_CORE, WARMUP, DURATION and CLK_TCK.
+measure() {
+  local name=$1 pid=$2 url=$3 out t0 t1
+  shift 3
+  touch "$TMP/$name.results"
+  out="$TMP/$name.$(wc -l <"$TMP/$name.results")"
+  taskset -c "$LOAD_CORE" h2load -D "$WARMUP" "$@" "$url" >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; die "h2load failed ($name)"; }
+  t0=$(cpu_ticks "$pid")
+  taskset -c "$LOAD_CORE" h2load -D "$DURATION" --log-file="$out.log" "$@" "$url" >"$out" 2>&1 || { cat "$out" >&2; die "h2load failed ($name)"; }
+  t1=$(cpu_ticks "$pid")
+  local done ok
+  done=$(awk '/^requests:/ {print $8}' "$out")
+  ok=$(awk '/^status codes:/ {print $3}' "$out")
+  [ -n "$done" ] && [ "$done" -gt 0 ] || { cat "$out" >&2; die "h2load completed no request ($name)"; }
+  # per-request log: start (us since epoch) <TAB> status <TAB> duration (us)
+  read -r p50 p99 < <(cut -f3 "$out.log" | sort -n | awk '
+    function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] / 1000 }
+    {v[NR] = $1} END {printf "%.3f %.3f\n", at(0.50), at(0.99)}')
+  rm -f "$out.log"
+  awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$done" -v ok="$ok" -v p50="$p50" -v p99="$p99" -v d="$DURATION" \
+    'BEGIN {printf "%.2f %.0f %s %s %d %d\n", t / hz * 1e6 / n, n / d, p50, p99, n, n - ok}' >>"$TMP/$name.results"
+  log "$name: $(tail -1 "$TMP/$name.results" | awk '{printf "%s us/req, %s req/s, p50 %s ms, p99 %s ms, %s requests, %s not 2xx", $1, $2, $3, $4, $5, $6}')"
+}
+
+# free_ports N -> N distinct free loopback ports (bound together, then released)
+free_ports() { python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"; }

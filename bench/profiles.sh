@@ -71,10 +71,6 @@ LOAD_CORE=1
 CLK_TCK=$(getconf CLK_TCK)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-profiles.XXXXXX")
 chmod 755 "$TMP"   # nginx workers drop privileges when started as root
-free_ports() { python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"; }
 
 # start_gateway dir -> GW_PID (dir/portcullis.yaml written by the caller; PORT and ADMIN set)
 start_gateway() {
@@ -89,39 +85,14 @@ start_gateway() {
   die "portcullis not ready; stderr: $(cat "$1/stderr")"
 }
 
-# measure name url [h2load args...] -> appends "cpu_us rps p50_ms p99_ms requests non2xx" to
-# $TMP/name.results. One warm-up (not counted), then the measured run.
-measure() {
-  local name=$1 url=$2 out t0 t1
-  shift 2
-  touch "$TMP/$name.results"
-  out="$TMP/$name.$(wc -l <"$TMP/$name.results")"
-  taskset -c "$LOAD_CORE" h2load -D "$WARMUP" "$@" "$url" >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; die "h2load failed ($name)"; }
-  t0=$(cpu_ticks "$GW_PID")
-  taskset -c "$LOAD_CORE" h2load -D "$DURATION" --log-file="$out.log" "$@" "$url" >"$out" 2>&1 || { cat "$out" >&2; die "h2load failed ($name)"; }
-  t1=$(cpu_ticks "$GW_PID")
-  local done ok
-  done=$(awk '/^requests:/ {print $8}' "$out")
-  ok=$(awk '/^status codes:/ {print $3}' "$out")
-  [ -n "$done" ] && [ "$done" -gt 0 ] || { cat "$out" >&2; die "h2load completed no request ($name)"; }
-  # per-request log: start (us since epoch) <TAB> status <TAB> duration (us)
-  read -r p50 p99 < <(cut -f3 "$out.log" | sort -n | awk '
-    function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] / 1000 }
-    {v[NR] = $1} END {printf "%.3f %.3f\n", at(0.50), at(0.99)}')
-  rm -f "$out.log"
-  awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$done" -v ok="$ok" -v p50="$p50" -v p99="$p99" -v d="$DURATION" \
-    'BEGIN {printf "%.2f %.0f %s %s %d %d\n", t / hz * 1e6 / n, n / d, p50, p99, n, n - ok}' >>"$TMP/$name.results"
-  log "$name: $(tail -1 "$TMP/$name.results" | awk '{printf "%s us/req, %s req/s, p50 %s ms, p99 %s ms, %s requests, %s not 2xx", $1, $2, $3, $4, $5, $6}')"
-}
-
 # pair profile base_label base_url plugin_label plugin_url: h2load arguments of each side in the
 # arrays BASE_ARGS and PLUGIN_ARGS
 pair() {
   local profile=$1 bl=$2 bu=$3 pl=$4 pu=$5 r
   for r in $(seq "$ROUNDS"); do
     log "$profile round $r/$ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    measure "$profile-$bl" "$bu" "${BASE_ARGS[@]}"
-    measure "$profile-$pl" "$pu" "${PLUGIN_ARGS[@]}"
+    measure "$profile-$bl" "$GW_PID" "$bu" "${BASE_ARGS[@]}"
+    measure "$profile-$pl" "$GW_PID" "$pu" "${PLUGIN_ARGS[@]}"
   done
   report "$profile" "$bl" "$pl"
 }
