@@ -41,10 +41,12 @@ pub struct Config {
     pub observability: Observability,
     /// Resolver settings.
     pub dns: Dns,
-    /// Field positions, to place errors found later (plugin config, certificate files).
+    /// Field positions, to place errors found later (plugin config, certificate files). The
+    /// gateway empties it once the runtime snapshot is built: nothing places errors after that.
     pub source_map: SourceMap,
-    /// The config as JSON with secrets redacted, for `GET /admin/config`.
-    pub redacted: Value,
+    /// The config as compact JSON text with secrets redacted, for `GET /admin/config` (text
+    /// rather than a `Value` tree: a few bytes per field instead of a node and a map entry).
+    pub redacted: Box<serde_json::value::RawValue>,
     /// Lint warnings (errors make loading fail).
     pub warnings: Vec<Lint>,
     /// The shared objects as written (upstreams, routes, plugins, policies), for diffs and

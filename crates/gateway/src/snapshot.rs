@@ -274,8 +274,9 @@ impl Snapshot {
             .iter()
             .map(|def| crate::policy::PolicyRuntime::carry(def, prev_policies))
             .collect();
-        let mut routes = Vec::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
+            let name: Arc<str> = r.name.as_str().into();
             let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
             for p in config.plugins_for(r) {
                 let prio = portcullis_plugins::find(&p.name).map_or(0, |s| s.priority);
@@ -336,7 +337,7 @@ impl Snapshot {
             };
             let bodies = plugins.iter().any(|p| p.has_body_phases());
             let route_index = routes.len();
-            let route_policies = config
+            let route_policies: Vec<_> = config
                 .policies
                 .iter()
                 .zip(&policies)
@@ -346,11 +347,16 @@ impl Snapshot {
                     actions: def.actions.clone(),
                 })
                 .collect();
+            // Only routes a policy acts on count answers; the others share one idle counter.
+            let answered = if route_policies.is_empty() {
+                metrics.unanswered()
+            } else {
+                metrics.answered(&r.name)
+            };
             routes.push(RouteRuntime {
                 mirrors: r.mirrors.clone(),
                 policies: route_policies,
-                answered: metrics.answered(&r.name),
-                name: r.name.as_str().into(),
+                answered,
                 action,
                 rewrite: r.rewrite.clone(),
                 plugins,
@@ -367,8 +373,9 @@ impl Snapshot {
                             .collect(),
                         Action::Direct(_) => Vec::new(),
                     };
-                    metrics.route(&r.name, &legs, config.observability.slo_window)
+                    metrics.route(&name, &legs, config.observability.slo_window)
                 },
+                name,
             });
         }
 
@@ -416,7 +423,10 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let no_route = metrics.route("", &[], config.observability.slo_window);
+        // Every error and lint is placed: the positions of every field are not needed again.
+        let mut config = config;
+        config.source_map = Default::default();
+        let no_route = metrics.route(&Arc::from(""), &[], config.observability.slo_window);
         let router = Router::new(
             config
                 .routes
