@@ -481,6 +481,15 @@ pub struct PluginConf {
     pub field: String,
 }
 
+/// A route's header changes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteHeaders {
+    /// Request header changes.
+    pub request: HeaderOps,
+    /// Response header changes.
+    pub response: HeaderOps,
+}
+
 /// A route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -490,18 +499,16 @@ pub struct Route {
     pub spec: RouteSpec,
     /// What happens on match.
     pub action: Action,
-    /// Rewrites.
-    pub rewrite: Rewrite,
-    /// Request header changes.
-    pub request_headers: HeaderOps,
-    /// Response header changes.
-    pub response_headers: HeaderOps,
+    /// Rewrites; `None` when there are none (most routes: boxed, so they cost one word).
+    pub rewrite: Option<Box<Rewrite>>,
+    /// Request and response header changes; `None` when there are none.
+    pub headers: Option<Box<RouteHeaders>>,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
     /// Mirrors of the route's requests.
     pub mirrors: Vec<Mirror>,
     /// Answer used when the upstream is unavailable (breakers open, no healthy target).
-    pub fallback: Option<DirectResponse>,
+    pub fallback: Option<Box<DirectResponse>>,
     /// Objective, if declared.
     pub slo: Option<Slo>,
     /// Route-level plugin config (overrides global entries of the same name).

@@ -1,6 +1,12 @@
 //! The `portcullis` binary: `run`, `validate`, `echo`, `version`, `config`.
 
 use std::io::Write;
+
+/// With the `mimalloc` feature: mimalloc instead of the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
