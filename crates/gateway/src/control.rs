@@ -156,7 +156,7 @@ impl Control {
         let metrics = self.shared.metrics.clone();
         let fleet = self.shared.fleet.clone();
         let from_store = doc.is_some();
-        let built = tokio::task::spawn_blocking(move || {
+        let built = crate::config_thread::run(move || {
             let shared = fleet.as_ref().map(|f| {
                 let d = doc.unwrap_or_else(|| f.applied.load_full());
                 (d, f.origin.clone())
@@ -234,8 +234,8 @@ impl Control {
             "config reloaded"
         );
         // The old snapshot goes when its last request ends; freeing 10,000 routes takes tens of
-        // milliseconds, so the reload's own reference is let go off the async threads.
-        drop(tokio::task::spawn_blocking(move || drop(old_snap)));
+        // milliseconds, so the reload's own reference is let go on the config thread.
+        crate::config_thread::free(old_snap);
         Ok(hash)
     }
 
