@@ -30,8 +30,15 @@ fn sender() -> &'static Sender<Job> {
     })
 }
 
-/// Runs `job` on the config thread (or here, should that thread be gone).
+/// Runs `job` on the config thread (or here, should that thread be gone), inside the caller's
+/// runtime when it has one: building a snapshot starts upstream health checks, the resolver,
+/// the access log writer and the trace exporter on it.
 fn submit(job: Job) {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let job: Job = Box::new(move || {
+        let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        job();
+    });
     if let Err(e) = sender().send(job) {
         (e.0)();
     }
@@ -81,6 +88,9 @@ mod tests {
             .expect("ran");
         let b = super::block_on_in_test();
         assert_eq!(a.as_deref(), Some("portcullis-config"));
+        // Jobs sent from the runtime run inside it.
+        let inside = super::run(|| tokio::runtime::Handle::try_current().is_ok()).await;
+        assert!(inside.expect("ran"));
         assert_eq!(a, b);
         super::free(vec![1u8; 16]);
         // A panicking job is reported to its caller; the thread serves the next one.
