@@ -86,7 +86,7 @@ mod tests {
         let a = super::run(|| std::thread::current().name().map(str::to_owned))
             .await
             .expect("ran");
-        let b = super::block_on_in_test();
+        let b = block_on_in_test();
         assert_eq!(a.as_deref(), Some("portcullis-config"));
         // Jobs sent from the runtime run inside it.
         let inside = super::run(|| tokio::runtime::Handle::try_current().is_ok()).await;
@@ -97,12 +97,11 @@ mod tests {
         assert!(super::run(|| panic!("boom")).await.is_err());
         assert_eq!(super::run(|| 2 + 2).await.expect("ran"), 4);
     }
-}
 
-#[cfg(test)]
-fn block_on_in_test() -> Option<String> {
-    std::thread::spawn(|| block_on(|| std::thread::current().name().map(str::to_owned)))
-        .join()
-        .expect("joined")
-        .expect("ran")
+    fn block_on_in_test() -> Option<String> {
+        std::thread::spawn(|| super::block_on(|| std::thread::current().name().map(str::to_owned)))
+            .join()
+            .expect("joined")
+            .expect("ran")
+    }
 }
