@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::params::{coerce, query_pairs, shape_values};
-use super::spec::{BodyKind, Media, Shape};
+use super::spec::{BodyKind, BodySchema, Media, Shape};
+use super::tape::Tape;
 use super::{Failure, schema_failures};
 
 /// The essence of a `Content-Type` value: `type/subtype`, lower case.
@@ -75,17 +76,18 @@ fn fields_to_object(media: &Media, pairs: Vec<(String, String)>) -> Value {
 
 /// Validates a whole body; `content_type` is the request's or response's header value.
 pub async fn check(media: &Media, content_type: &str, body: Bytes, out: &mut Vec<Failure>) {
-    let Some(schema) = &media.schema else {
-        return;
+    let schema = match &media.schema {
+        Some(BodySchema::Json(schema)) => {
+            match Tape::parse(&body) {
+                Ok(t) => schema_failures(schema, t.root(), "body", "", false, out),
+                Err(e) => out.push(body_failure(format!("the body is not valid JSON: {e}"))),
+            }
+            return;
+        }
+        Some(BodySchema::Fields(schema)) => schema,
+        None => return,
     };
     let value = match media.kind {
-        BodyKind::Json => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                out.push(body_failure(format!("the body is not valid JSON: {e}")));
-                return;
-            }
-        },
         BodyKind::Form => {
             let Ok(text) = std::str::from_utf8(&body) else {
                 out.push(body_failure("the form body is not UTF-8".into()));
@@ -102,7 +104,7 @@ pub async fn check(media: &Media, content_type: &str, body: Bytes, out: &mut Vec
                 return;
             }
         },
-        BodyKind::Other => return,
+        BodyKind::Json | BodyKind::Other => return,
     };
     schema_failures(schema, &value, "body", "", false, out);
 }

@@ -14,6 +14,7 @@ mod convert;
 mod load;
 mod params;
 mod spec;
+mod tape;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use jsonschema::Validator;
 use jsonschema::error::ValidationErrorKind;
+use jsonschema::json::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -195,14 +197,19 @@ pub(crate) struct Failure {
 
 /// Runs a schema over a value and records its failures (at most [`MAX_ERRORS`] in all).
 /// `secret`: the value came from a header or cookie and must not appear in messages.
-pub(crate) fn schema_failures(
-    schema: &Validator,
-    value: &Value,
+pub(crate) fn schema_failures<'i, F: Json>(
+    schema: &'i Validator<F>,
+    value: F::Node<'i>,
     loc: &'static str,
     name: &str,
     secret: bool,
     out: &mut Vec<Failure>,
 ) {
+    // The common case, a valid value, on the validator's fast path; errors are only collected
+    // (a slower walk) for a value that fails.
+    if schema.is_valid(value.clone()) {
+        return;
+    }
     for e in schema.iter_errors(value) {
         if out.len() >= MAX_ERRORS {
             return;
@@ -704,11 +711,11 @@ fn check_response(op: &Operation, resp: &http::response::Parts, body: &Bytes) ->
     if media.kind != spec::BodyKind::Json {
         return out;
     }
-    let Some(schema) = &media.schema else {
+    let Some(spec::BodySchema::Json(schema)) = &media.schema else {
         return out;
     };
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) => schema_failures(schema, &v, "response", "", false, &mut out),
+    match tape::Tape::parse(body) {
+        Ok(t) => schema_failures(schema, t.root(), "response", "", false, &mut out),
         Err(e) => out.push(fail(format!("the body is not valid JSON: {e}"))),
     }
     out

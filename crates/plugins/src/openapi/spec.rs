@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
+use jsonschema::json::Json;
 use jsonschema::{Draft, Registry, Validator};
+
+use super::tape::TapeJson;
 use serde_json::{Value, json};
 
 use super::convert;
@@ -114,7 +117,15 @@ pub struct Media {
     /// Field types of form and multipart bodies, for coercion.
     pub fields: Vec<(String, Shape)>,
     /// Its schema.
-    pub schema: Option<Validator>,
+    pub schema: Option<BodySchema>,
+}
+
+/// A body schema, compiled for the representation its bodies are read into.
+pub enum BodySchema {
+    /// JSON bodies, validated on a [`Tape`] (no `serde_json::Value` built per request).
+    Json(Validator<TapeJson>),
+    /// Form and multipart bodies, whose fields are gathered into a `Value`.
+    Fields(Validator),
 }
 
 /// A request body declaration.
@@ -234,7 +245,7 @@ struct Compiler<'d> {
 }
 
 impl Compiler<'_> {
-    fn validator(&self, loc: &Loc, response: bool) -> Result<Validator, SpecError> {
+    fn validator<F: Json>(&self, loc: &Loc, response: bool) -> Result<Validator<F>, SpecError> {
         let uri = &self.docs.docs[loc.doc].uri;
         let frag = percent_encoding::utf8_percent_encode(&loc.ptr, FRAGMENT);
         let schema = json!({ "$ref": format!("{uri}#{frag}") });
@@ -243,7 +254,7 @@ impl Compiler<'_> {
         } else {
             &self.request
         };
-        jsonschema::options()
+        jsonschema::options_for::<F>()
             .with_draft(Draft::Draft202012)
             .with_registry(reg)
             .offline()
@@ -665,7 +676,12 @@ impl Compiler<'_> {
                         }
                         _ => Vec::new(),
                     };
-                    (Some(self.validator(&sloc, response)?), fields)
+                    let schema = if kind == BodyKind::Json {
+                        BodySchema::Json(self.validator(&sloc, response)?)
+                    } else {
+                        BodySchema::Fields(self.validator(&sloc, response)?)
+                    };
+                    (Some(schema), fields)
                 }
                 _ => (None, Vec::new()),
             };

@@ -159,6 +159,31 @@ pub fn from_json(desc: &MessageDescriptor, v: Value) -> Result<DynamicMessage, M
     )
 }
 
+/// A JSON object body straight into a message of `desc`, without a `serde_json::Value` in
+/// between (the common `body: "*"` request pays one parse instead of a parse, a tree and a
+/// walk of the tree); errors read as [`from_json`]'s and [`parse_body`]'s.
+fn from_json_bytes(desc: &MessageDescriptor, raw: &[u8]) -> Result<DynamicMessage, MapError> {
+    let mut track = serde_path_to_error::Track::new();
+    let mut json = serde_json::Deserializer::from_slice(raw);
+    let de = serde_path_to_error::Deserializer::new(&mut json, &mut track);
+    let msg =
+        DynamicMessage::deserialize_with_options(desc.clone(), de, &DeserializeOptions::new())
+            .map_err(|e| {
+                if e.classify() != serde_json::error::Category::Data {
+                    return MapError(format!("malformed JSON body: {e}"));
+                }
+                let path = track.path().to_string();
+                if path == "." || path.is_empty() {
+                    MapError(format!("invalid request: {e}"))
+                } else {
+                    MapError(format!("invalid field `{path}`: {e}"))
+                }
+            })?;
+    json.end()
+        .map_err(|e| MapError(format!("malformed JSON body: {e}")))?;
+    Ok(msg)
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, MapError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
@@ -221,6 +246,18 @@ fn message(
         BodyRule::None => from_json(input, Value::Object(head.clone())),
         BodyRule::All if input.full_name() == HTTP_BODY && item.is_none() => {
             Ok(http_body(input, content_type, raw))
+        }
+        BodyRule::All
+            if item.is_none() && raw.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{') =>
+        {
+            let mut msg = from_json_bytes(input, raw)?;
+            if !head.is_empty() {
+                // Fields bound from the path win over the body's, as in the JSON merge below.
+                let bound = from_json(input, Value::Object(head.clone()))?;
+                msg.merge(bound.encode_to_vec().as_slice())
+                    .map_err(|e| MapError(format!("invalid request: {e}")))?;
+            }
+            Ok(msg)
         }
         BodyRule::All => {
             let v = match item {

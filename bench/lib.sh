@@ -1,0 +1,117 @@
+# Shell helpers shared by the benchmark scripts (sourced by bench/run.sh and bench/profiles.sh):
+# logging, the processes a script started (stopped in reverse order at exit), waiting for ports,
+# templates, and /proc readings. The sourcing script sets TMP (and KEEP_TMP) before any process
+# is started; cleanup removes TMP unless KEEP_TMP=1.
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()            # processes this script started and has not reaped yet
+WORKERS=()         # nginx workers of those (stopped by their master; killed only if left over)
+track() { PIDS+=("$1"); }
+untrack() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+alive() { # running and not a zombie
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  [ "${s:0:1}" != Z ]
+}
+start_time() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0; s=${s##*) }; set -- $s; echo "${20}"; }
+stop_pid() { # TERM, up to 10 s grace, then KILL; reaps it if it is our child
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  untrack "$pid"
+}
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  # Reverse start order. nginx masters stop their own workers; a worker is only signalled if it
+  # outlived its master (a master that had to be killed).
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    p=${PIDS[i]}
+    if alive "$p"; then stop_pid "$p"; else wait "$p" 2>/dev/null || true; fi
+  done
+  for p in "${WORKERS[@]}"; do   # pid:starttime, so a recycled pid is never hit
+    if alive "${p%%:*}" && [ "$(start_time "${p%%:*}")" = "${p#*:}" ]; then
+      kill -KILL "${p%%:*}" 2>/dev/null || true
+    fi
+  done
+  if [ -n "${TMP:-}" ]; then
+    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+render() { # template out KEY=VALUE...
+  local tmpl=$1 out=$2 kv args=()
+  shift 2
+  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${args[@]}" "$tmpl" >"$out"
+  if grep -v '^ *#' "$out" | grep -q '@[A-Z_]*@'; then die "unfilled placeholder in $out"; fi
+}
+
+wait_port() { # port pid name logfile [soft: return 1 instead of exiting]
+  local i
+  for i in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if ! alive "$2"; then
+      log "$3 exited during startup; its stderr:"
+      cat "$4" >&2 || true
+      [ "${5:-}" = soft ] && return 1
+      exit 1
+    fi
+    sleep 0.05
+  done
+  log "$3 did not listen on 127.0.0.1:$1 within 10 s; its stderr:"
+  cat "$4" >&2 || true
+  [ "${5:-}" = soft ] && return 1
+  exit 1
+}
+curl_status() { # url [curl args...] -> HTTP status (000 when there was no answer)
+  local url=$1
+  shift
+  curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" "$url" || true
+}
+http_get() { # url -> "STATUS BODY" (body's first line)
+  python3 - "$1" <<'EOF'
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except Exception as e:
+    status, body = 0, repr(e).encode()
+print(status, body.decode(errors="replace").strip().splitlines()[0] if body.strip() else "")
+EOF
+}
+children_of() {
+  if [ -r "/proc/$1/task/$1/children" ]; then cat "/proc/$1/task/$1/children"; else pgrep -P "$1" || true; fi
+}
+nginx_worker() { # master pid -> worker pid
+  local i w
+  for i in $(seq 100); do
+    w=$(children_of "$1" | awk '{print $1}')
+    [ -n "$w" ] && { echo "$w"; return 0; }
+    sleep 0.05
+  done
+  die "nginx master $1 has no worker"
+}
+cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
+  local s
+  s=$(cat "/proc/$1/stat")
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13}))
+}
+status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
