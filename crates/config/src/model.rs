@@ -41,10 +41,12 @@ pub struct Config {
     pub observability: Observability,
     /// Resolver settings.
     pub dns: Dns,
-    /// Field positions, to place errors found later (plugin config, certificate files).
+    /// Field positions, to place errors found later (plugin config, certificate files). The
+    /// gateway empties it once the runtime snapshot is built: nothing places errors after that.
     pub source_map: SourceMap,
-    /// The config as JSON with secrets redacted, for `GET /admin/config`.
-    pub redacted: Value,
+    /// The config as compact JSON text with secrets redacted, for `GET /admin/config` (text
+    /// rather than a `Value` tree: a few bytes per field instead of a node and a map entry).
+    pub redacted: Box<serde_json::value::RawValue>,
     /// Lint warnings (errors make loading fail).
     pub warnings: Vec<Lint>,
     /// The shared objects as written (upstreams, routes, plugins, policies), for diffs and
@@ -479,6 +481,15 @@ pub struct PluginConf {
     pub field: String,
 }
 
+/// A route's header changes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteHeaders {
+    /// Request header changes.
+    pub request: HeaderOps,
+    /// Response header changes.
+    pub response: HeaderOps,
+}
+
 /// A route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -488,18 +499,16 @@ pub struct Route {
     pub spec: RouteSpec,
     /// What happens on match.
     pub action: Action,
-    /// Rewrites.
-    pub rewrite: Rewrite,
-    /// Request header changes.
-    pub request_headers: HeaderOps,
-    /// Response header changes.
-    pub response_headers: HeaderOps,
+    /// Rewrites; `None` when there are none (most routes: boxed, so they cost one word).
+    pub rewrite: Option<Box<Rewrite>>,
+    /// Request and response header changes; `None` when there are none.
+    pub headers: Option<Box<RouteHeaders>>,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
     /// Mirrors of the route's requests.
     pub mirrors: Vec<Mirror>,
     /// Answer used when the upstream is unavailable (breakers open, no healthy target).
-    pub fallback: Option<DirectResponse>,
+    pub fallback: Option<Box<DirectResponse>>,
     /// Objective, if declared.
     pub slo: Option<Slo>,
     /// Route-level plugin config (overrides global entries of the same name).

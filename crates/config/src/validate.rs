@@ -805,11 +805,15 @@ impl<'a> Validator<'a> {
             }
             let spec = self.route_spec(&p, r);
             let action = self.action(&p, r, upstreams);
-            let rewrite = self.rewrite(&p, r.rewrite.as_ref());
-            let request_headers =
-                self.header_ops(&format!("{p}.request_headers"), &r.request_headers);
-            let response_headers =
-                self.header_ops(&format!("{p}.response_headers"), &r.response_headers);
+            let rewrite = Some(self.rewrite(&p, r.rewrite.as_ref()))
+                .filter(|rw| !rw.is_empty())
+                .map(Box::new);
+            let headers = Some(RouteHeaders {
+                request: self.header_ops(&format!("{p}.request_headers"), &r.request_headers),
+                response: self.header_ops(&format!("{p}.response_headers"), &r.response_headers),
+            })
+            .filter(|h| !h.request.is_empty() || !h.response.is_empty())
+            .map(Box::new);
             let timeout = self.opt_duration(&format!("{p}.timeout"), &r.timeout);
             let slo = r.slo.as_ref().map(|o| {
                 if let Some(rate) = o.success_rate
@@ -834,11 +838,11 @@ impl<'a> Validator<'a> {
                         return None;
                     }
                 };
-                Some(DirectResponse {
+                Some(Box::new(DirectResponse {
                     status,
                     body: f.body.clone().unwrap_or_default(),
                     headers: self.header_pairs(&format!("{fp}.headers"), &f.headers),
-                })
+                }))
             });
             let plugins = plugin_confs(&format!("{p}.plugins"), &r.plugins);
             if let Some(spec) = &spec {
@@ -864,8 +868,7 @@ impl<'a> Validator<'a> {
                     spec,
                     action,
                     rewrite,
-                    request_headers,
-                    response_headers,
+                    headers,
                     timeout,
                     fallback,
                     slo,

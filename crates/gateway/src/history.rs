@@ -77,22 +77,27 @@ pub struct History {
 }
 
 impl History {
-    /// Records an applied config (`old` is what served before, none at start).
-    pub fn record(&self, old: Option<&Snapshot>, new: &Snapshot, meta: Meta) -> Arc<Entry> {
+    /// What changed between the config that served before (none at start) and `new`. Costly
+    /// at 10,000 routes: computed off the async threads, before the swap.
+    pub fn diff(old: Option<&Snapshot>, new: &Snapshot) -> Diff {
         let empty = portcullis_config::SharedDoc::default();
         let old_doc = old.map_or(&empty, |o| &*o.config.shared);
-        let diff = Diff::between(old_doc, &new.config.shared);
+        Diff::between(old_doc, &new.config.shared)
+    }
+
+    /// Records an applied config with its [`History::diff`]; `replaced`: a config served
+    /// before it (false at start).
+    pub fn record(&self, replaced: bool, diff: Diff, new: &Snapshot, meta: Meta) -> Arc<Entry> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let touched = if old.is_some() {
+        let touched = if replaced {
             touched_routes(&new.config, &diff)
                 .into_iter()
-                .filter_map(|name| {
-                    let i = new.config.routes.iter().position(|r| r.name == name)?;
+                .map(|i| {
                     let stats = &new.routes[i].metrics.stats;
                     let m = stats.summary();
                     let (requests, errors) = stats.totals();
-                    Some((
-                        name,
+                    (
+                        new.config.routes[i].name.clone(),
                         Baseline {
                             requests,
                             errors,
@@ -103,7 +108,7 @@ impl History {
                             },
                             p99_ms: m.p99_ms,
                         },
-                    ))
+                    )
                 })
                 .collect()
         } else {
@@ -179,13 +184,14 @@ impl Entry {
     }
 }
 
-/// Routes a change touched: changed themselves, or pointing at a changed upstream, or any
-/// route when a global plugin changed.
-fn touched_routes(cfg: &Config, diff: &Diff) -> Vec<String> {
+/// Indexes of the routes a change touched: changed themselves, or pointing at a changed
+/// upstream, or any route when a global plugin changed.
+fn touched_routes(cfg: &Config, diff: &Diff) -> Vec<usize> {
     let all = diff.touches_plugins();
     cfg.routes
         .iter()
-        .filter(|r| {
+        .enumerate()
+        .filter(|(_, r)| {
             all || diff.touches(Kind::Route, &r.name)
                 || match &r.action {
                     Action::Upstream(i) => diff.touches(Kind::Upstream, &cfg.upstreams[*i].name),
@@ -195,7 +201,7 @@ fn touched_routes(cfg: &Config, diff: &Diff) -> Vec<String> {
                     Action::Direct(_) => false,
                 }
         })
-        .map(|r| r.name.clone())
+        .map(|(i, _)| i)
         .collect()
 }
 

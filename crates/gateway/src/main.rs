@@ -1,6 +1,12 @@
 //! The `portcullis` binary: `run`, `validate`, `echo`, `version`, `config`.
 
 use std::io::Write;
+
+/// With the `mimalloc` feature: mimalloc instead of the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +20,7 @@ use tracing::{error, info, warn};
 mod admin;
 mod body;
 mod config_cli;
+mod config_thread;
 mod control;
 mod echo;
 mod errors;
@@ -193,8 +200,10 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             ConfigSource::Embedded(QUICKSTART.replace("${PORTCULLIS_ECHO_ADDR}", &addr.to_string()))
         }
     };
-    let cfg =
-        control::load(&source, None).map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?;
+    // Loaded on the config thread, like every later reload (see `config_thread`).
+    let src = source.clone();
+    let cfg = config_thread::block_on(move || control::load(&src, None))?
+        .map_err(|errs| anyhow::anyhow!("invalid config:\n{errs}"))?;
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -213,7 +222,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             None => {
                 let m = metrics.clone();
                 let src = source.clone();
-                tokio::task::spawn_blocking(move || {
+                config_thread::run(move || {
                     let meta = match &src {
                         ConfigSource::File(p) => history::file_meta(p),
                         ConfigSource::Embedded(_) => history::Meta {

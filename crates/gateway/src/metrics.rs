@@ -24,14 +24,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The process-wide metrics.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-    upstream_latency: HistogramVec,
-    bytes_in: IntCounterVec,
-    bytes_out: IntCounterVec,
-    in_flight: IntGauge,
+    families: Arc<Families>,
+    /// Upstream names, shared by the routes that use them.
+    names: Mutex<HashMap<Arc<str>, ()>>,
     windows: Mutex<HashMap<String, Arc<RollingStats>>>,
     answered: Mutex<HashMap<String, Arc<crate::policy::Answered>>>,
+    unanswered: Arc<crate::policy::Answered>,
     /// Config reloads by result (`ok` / `failed`).
     pub reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -87,17 +85,24 @@ fn method_index(m: &http::Method) -> usize {
 /// used scrape like 100 routes).
 pub struct RouteMetrics {
     route: Arc<str>,
-    legs: Vec<Arc<str>>,
-    requests: IntCounterVec,
-    cells: Box<[OnceLock<IntCounter>]>,
-    latency_vec: HistogramVec,
-    bytes_in_vec: IntCounterVec,
-    bytes_out_vec: IntCounterVec,
-    series: OnceLock<RouteSeries>,
-    upstream_latency: Vec<Histogram>,
-    in_flight: IntGauge,
+    legs: Box<[Arc<str>]>,
+    families: Arc<Families>,
+    /// One request counter per leg, method and status class, allocated at the route's first
+    /// request: a configured route that never sees traffic costs a few words here.
+    cells: OnceLock<Box<[OnceLock<IntCounter>]>>,
+    series: OnceLock<Box<RouteSeries>>,
     /// Rolling window of this route (kept across reloads).
     pub stats: Arc<RollingStats>,
+}
+
+/// The metric families a route records into, shared by every route of every snapshot.
+struct Families {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    upstream_latency: HistogramVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    in_flight: IntGauge,
 }
 
 /// The per-route series, made at the route's first request.
@@ -105,33 +110,67 @@ struct RouteSeries {
     latency: Histogram,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
+    /// Upstream latency of each leg.
+    upstream_latency: Box<[Histogram]>,
 }
 
 impl RouteMetrics {
     /// Counts a request that started.
     pub fn start(&self) {
-        self.in_flight.inc();
+        self.families.in_flight.inc();
     }
 
     /// The request counter of one leg, method and status class. The first request of a leg
     /// and method makes the series of all five classes at once, so `5xx` exists at 0 before the
     /// first error and rate() in alerting rules sees the first one as an increase.
     fn cell(&self, leg: usize, m: usize, class: usize) -> Option<&IntCounter> {
+        let cells = self.cells.get_or_init(|| {
+            (0..self.legs.len() * METHODS.len() * CLASSES.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
         let base = (leg * METHODS.len() + m) * CLASSES.len();
-        let cell = self.cells.get(base + class)?;
+        let cell = cells.get(base + class)?;
         if let Some(c) = cell.get() {
             return Some(c);
         }
         let upstream = self.legs.get(leg).map_or("", |s| &**s);
         for (c, name) in CLASSES.iter().enumerate() {
-            if let Some(slot) = self.cells.get(base + c) {
+            if let Some(slot) = cells.get(base + c) {
                 slot.get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[&*self.route, METHODS[m], name, upstream])
+                    self.families.requests.with_label_values(&[
+                        &*self.route,
+                        METHODS[m],
+                        name,
+                        upstream,
+                    ])
                 });
             }
         }
         cell.get()
+    }
+
+    /// The route's series, made at its first request.
+    fn series(&self) -> &RouteSeries {
+        self.series.get_or_init(|| {
+            let route: &str = &self.route;
+            let f = &self.families;
+            Box::new(RouteSeries {
+                latency: f.latency.with_label_values(&[route]),
+                bytes_in: f.bytes_in.with_label_values(&[route]),
+                bytes_out: f.bytes_out.with_label_values(&[route]),
+                upstream_latency: self.upstream_histograms(),
+            })
+        })
+    }
+
+    /// The upstream latency histogram of each leg; none for routes without an upstream.
+    fn upstream_histograms(&self) -> Box<[Histogram]> {
+        self.legs
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| self.families.upstream_latency.with_label_values(&[&**l]))
+            .collect()
     }
 
     /// Requests observed by the latency histogram so far (one atomic read; 0 before the
@@ -153,24 +192,17 @@ impl RouteMetrics {
 
     /// Records a finished request.
     pub fn finish(&self, rec: &Record, bytes_out: u64, total: Duration, _complete: bool) {
-        self.in_flight.dec();
+        self.families.in_flight.dec();
         let class = (rec.status / 100).clamp(1, 5) as usize - 1;
         let leg = rec.leg.min(self.legs.len().saturating_sub(1));
         let m = method_index(&rec.method);
         if let Some(cell) = self.cell(leg, m, class) {
             cell.inc();
         }
-        let s = self.series.get_or_init(|| {
-            let route: &str = &self.route;
-            RouteSeries {
-                latency: self.latency_vec.with_label_values(&[route]),
-                bytes_in: self.bytes_in_vec.with_label_values(&[route]),
-                bytes_out: self.bytes_out_vec.with_label_values(&[route]),
-            }
-        });
+        let s = self.series();
         let secs = total.as_secs_f64();
         s.latency.observe(secs);
-        if let (Some(t), Some(h)) = (rec.upstream_time, self.upstream_latency.get(leg)) {
+        if let (Some(t), Some(h)) = (rec.upstream_time, s.upstream_latency.get(leg)) {
             h.observe(t.as_secs_f64());
         }
         s.bytes_in.inc_by(rec.bytes_in);
@@ -183,7 +215,10 @@ impl RouteMetrics {
     /// Requests and 5xx answers so far, of the given split legs (all when `None`).
     pub fn totals(&self, legs: Option<&[usize]>) -> Totals {
         let mut t = Totals::default();
-        for (i, cell) in self.cells.iter().enumerate() {
+        let Some(cells) = self.cells.get() else {
+            return t;
+        };
+        for (i, cell) in cells.iter().enumerate() {
             let leg = i / (METHODS.len() * CLASSES.len());
             if legs.is_some_and(|l| !l.contains(&leg)) {
                 continue;
@@ -212,8 +247,13 @@ impl RouteMetrics {
 
     /// The latency histogram of a leg's upstream, and the upstream's name.
     pub fn upstream_buckets(&self, leg: usize) -> Option<(&str, Vec<(f64, u64)>)> {
-        let h = self.upstream_latency.get(leg)?;
-        Some((self.legs.get(leg).map_or("", |s| &**s), buckets(h)))
+        let name = self.legs.get(leg).filter(|l| !l.is_empty())?;
+        let h = match self.series.get() {
+            Some(s) => s.upstream_latency.get(leg)?.clone(),
+            // Off the request path: the series exists (made with the route), look it up.
+            None => self.families.upstream_latency.with_label_values(&[&**name]),
+        };
+        Some((name, buckets(&h)))
     }
 }
 
@@ -375,14 +415,18 @@ impl Metrics {
             policy_state,
             policy_transitions,
             registry,
-            requests,
-            latency,
-            upstream_latency,
-            bytes_in,
-            bytes_out,
-            in_flight,
+            families: Arc::new(Families {
+                requests,
+                latency,
+                upstream_latency,
+                bytes_in,
+                bytes_out,
+                in_flight,
+            }),
+            names: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
+            unanswered: Arc::default(),
             reloads,
             config_info,
             connections,
@@ -398,16 +442,24 @@ impl Metrics {
 
     /// Handles for a route whose traffic goes to `legs` (upstream names; empty for none).
     /// Its rolling window survives reloads while the route keeps its name and `window`.
-    pub fn route(&self, route: &str, legs: &[&str], window: Duration) -> RouteMetrics {
-        // No upstream, no upstream latency series (rather than an `upstream=""` one).
-        let upstream_latency = legs
-            .iter()
-            .map(|l| self.upstream_latency.with_label_values(&[*l]))
-            .collect();
-        let legs: Vec<Arc<str>> = if legs.is_empty() {
-            vec![Arc::from("")]
+    pub fn route(&self, route: &Arc<str>, legs: &[&str], window: Duration) -> RouteMetrics {
+        let legs: Box<[Arc<str>]> = if legs.is_empty() {
+            Box::new([Arc::from("")])
         } else {
-            legs.iter().map(|l| Arc::from(*l)).collect()
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            legs.iter()
+                .map(|l| match names.get_key_value(*l) {
+                    Some((k, _)) => k.clone(),
+                    None => {
+                        // The upstream's histogram exists from the first route that uses it
+                        // (no upstream, no series: rather than an `upstream=""` one).
+                        self.families.upstream_latency.with_label_values(&[*l]);
+                        let k: Arc<str> = Arc::from(*l);
+                        names.insert(k.clone(), ());
+                        k
+                    }
+                })
+                .collect()
         };
         let stats = {
             let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,19 +469,12 @@ impl Metrics {
                 .clone()
         };
         RouteMetrics {
-            route: route.into(),
-            cells: (0..legs.len() * METHODS.len() * CLASSES.len())
-                .map(|_| OnceLock::new())
-                .collect(),
-            requests: self.requests.clone(),
-            latency_vec: self.latency.clone(),
-            bytes_in_vec: self.bytes_in.clone(),
-            bytes_out_vec: self.bytes_out.clone(),
-            series: OnceLock::new(),
-            upstream_latency,
-            in_flight: self.in_flight.clone(),
-            stats,
+            route: route.clone(),
             legs,
+            families: self.families.clone(),
+            cells: OnceLock::new(),
+            series: OnceLock::new(),
+            stats,
         }
     }
 
@@ -437,6 +482,11 @@ impl Metrics {
     pub fn answered(&self, route: &str) -> Arc<crate::policy::Answered> {
         let mut m = self.answered.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(route.to_owned()).or_default().clone()
+    }
+
+    /// The answered-count of routes no policy acts on: one for all of them, never written.
+    pub fn unanswered(&self) -> Arc<crate::policy::Answered> {
+        self.unanswered.clone()
     }
 
     /// A config was applied: its generation and, from a store, when it was committed.

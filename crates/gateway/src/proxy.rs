@@ -238,8 +238,8 @@ async fn serve(
     strip_hop_by_hop(&mut parts.headers, websocket);
     // 100-continue was settled with the client by the HTTP layer; it is not forwarded.
     parts.headers.remove(header::EXPECT);
-    if !route.rewrite.is_empty() {
-        rewrite(&mut parts, &route.rewrite);
+    if let Some(rw) = &route.rewrite {
+        rewrite(&mut parts, rw);
     }
     for p in &route.plugins {
         let step = p.on_upstream_request(&mut ctx, &mut parts);

@@ -30,8 +30,8 @@ pub enum RouteAction {
     Upstream(usize),
     /// Weighted choice: (upstream index, cumulative weight), and the total.
     Split(Vec<(usize, u64)>, u64),
-    /// Answer directly.
-    Direct(DirectResponse),
+    /// Answer directly (boxed: the rare case pays for its size).
+    Direct(Box<DirectResponse>),
 }
 
 /// A route ready to serve.
@@ -40,14 +40,14 @@ pub struct RouteRuntime {
     pub name: Arc<str>,
     /// Action.
     pub action: RouteAction,
-    /// Path and host rewrites.
-    pub rewrite: Rewrite,
+    /// Path and host rewrites, if any.
+    pub rewrite: Option<Box<Rewrite>>,
     /// The plugin chain, in run order (request ID first, header transforms last).
-    pub plugins: Vec<Arc<dyn Plugin>>,
+    pub plugins: Box<[Arc<dyn Plugin>]>,
     /// Whole-request deadline.
     pub timeout: Option<Duration>,
     /// Answer when the upstream is unavailable.
-    pub fallback: Option<DirectResponse>,
+    pub fallback: Option<Box<DirectResponse>>,
     /// Largest body buffered so the request can be replayed on another try.
     pub max_replay_body_bytes: u64,
     /// Some plugin of the route has body phases: only then are plugins asked about bodies.
@@ -55,9 +55,9 @@ pub struct RouteRuntime {
     /// Metric handles.
     pub metrics: RouteMetrics,
     /// Mirrors of this route's requests (usually none).
-    pub mirrors: Vec<portcullis_config::Mirror>,
+    pub mirrors: Box<[portcullis_config::Mirror]>,
     /// Traffic policies acting on this route (usually none).
-    pub policies: Vec<crate::policy::RoutePolicy>,
+    pub policies: Box<[crate::policy::RoutePolicy]>,
     /// Requests a policy answered, left out of the route's signals.
     pub answered: Arc<crate::policy::Answered>,
 }
@@ -274,8 +274,9 @@ impl Snapshot {
             .iter()
             .map(|def| crate::policy::PolicyRuntime::carry(def, prev_policies))
             .collect();
-        let mut routes = Vec::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
+            let name: Arc<str> = r.name.as_str().into();
             let mut chain: Vec<(i32, Arc<dyn Plugin>)> = Vec::new();
             for p in config.plugins_for(r) {
                 let prio = portcullis_plugins::find(&p.name).map_or(0, |s| s.priority);
@@ -305,12 +306,11 @@ impl Snapshot {
             chain.sort_by_key(|(prio, _)| std::cmp::Reverse(*prio));
             let mut plugins = vec![request_id.clone()];
             plugins.extend(chain.into_iter().map(|(_, p)| p));
-            let transform = HeaderTransform {
-                request: ops(&r.request_headers),
-                response: ops(&r.response_headers),
-            };
-            if !transform.request.is_empty() || !transform.response.is_empty() {
-                plugins.push(Arc::new(transform));
+            if let Some(h) = &r.headers {
+                plugins.push(Arc::new(HeaderTransform {
+                    request: ops(&h.request),
+                    response: ops(&h.response),
+                }));
             }
             let action = match &r.action {
                 Action::Upstream(i) => RouteAction::Upstream(*i),
@@ -325,7 +325,7 @@ impl Snapshot {
                         .collect();
                     RouteAction::Split(cum, acc)
                 }
-                Action::Direct(d) => RouteAction::Direct(d.clone()),
+                Action::Direct(d) => RouteAction::Direct(Box::new(d.clone())),
             };
             let max_replay_body_bytes = match &r.action {
                 Action::Upstream(i) => config.upstreams[*i]
@@ -336,7 +336,7 @@ impl Snapshot {
             };
             let bodies = plugins.iter().any(|p| p.has_body_phases());
             let route_index = routes.len();
-            let route_policies = config
+            let route_policies: Vec<_> = config
                 .policies
                 .iter()
                 .zip(&policies)
@@ -346,14 +346,19 @@ impl Snapshot {
                     actions: def.actions.clone(),
                 })
                 .collect();
+            // Only routes a policy acts on count answers; the others share one idle counter.
+            let answered = if route_policies.is_empty() {
+                metrics.unanswered()
+            } else {
+                metrics.answered(&r.name)
+            };
             routes.push(RouteRuntime {
-                mirrors: r.mirrors.clone(),
-                policies: route_policies,
-                answered: metrics.answered(&r.name),
-                name: r.name.as_str().into(),
+                mirrors: r.mirrors.as_slice().into(),
+                policies: route_policies.into(),
+                answered,
                 action,
                 rewrite: r.rewrite.clone(),
-                plugins,
+                plugins: plugins.into(),
                 bodies,
                 timeout: r.timeout,
                 fallback: r.fallback.clone(),
@@ -367,8 +372,9 @@ impl Snapshot {
                             .collect(),
                         Action::Direct(_) => Vec::new(),
                     };
-                    metrics.route(&r.name, &legs, config.observability.slo_window)
+                    metrics.route(&name, &legs, config.observability.slo_window)
                 },
+                name,
             });
         }
 
@@ -416,7 +422,10 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let no_route = metrics.route("", &[], config.observability.slo_window);
+        // Every error and lint is placed: the positions of every field are not needed again.
+        let mut config = config;
+        config.source_map = Default::default();
+        let no_route = metrics.route(&Arc::from(""), &[], config.observability.slo_window);
         let router = Router::new(
             config
                 .routes

@@ -166,10 +166,7 @@ impl SharedDoc {
 
     /// Stable hash of the content (hex), equal on every node serving the same objects.
     pub fn hash(&self) -> String {
-        format!(
-            "{:016x}",
-            crate::digest(self.to_value().to_string().as_bytes())
-        )
+        format!("{:016x}", crate::json_digest(&Sections(self)))
     }
 
     /// Whether there is no object at all.
@@ -309,6 +306,36 @@ impl SharedDoc {
 
 fn find<'a>(list: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
     list.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// The JSON of [`SharedDoc::to_value`], written from the document without copying it.
+struct Sections<'a>(&'a SharedDoc);
+
+impl serde::Serialize for Sections<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        struct List<'a>(&'a [(String, Value)]);
+        impl serde::Serialize for List<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|(_, v)| v))
+            }
+        }
+        let d = self.0;
+        let mut m = s.serialize_map(None)?;
+        if !d.upstreams.is_empty() {
+            m.serialize_entry("upstreams", &d.upstreams)?;
+        }
+        if !d.routes.is_empty() {
+            m.serialize_entry("routes", &List(&d.routes))?;
+        }
+        if !d.plugins.is_empty() {
+            m.serialize_entry("plugins", &d.plugins)?;
+        }
+        if !d.policies.is_empty() {
+            m.serialize_entry("policies", &List(&d.policies))?;
+        }
+        m.end()
+    }
 }
 
 fn map_value(m: &BTreeMap<String, Value>) -> Value {

@@ -197,3 +197,27 @@ fn check_shared_names_the_object() {
         "{errs}"
     );
 }
+
+#[test]
+fn streamed_hashes_equal_the_hashes_of_the_json_text() {
+    // Nodes of a fleet compare these hashes: streaming must not change a single one.
+    let v = json!({
+        "upstreams": {"b": {"targets": [{"address": "b:1"}]}, "a": {"targets": [{"address": "a:1"}]}},
+        "routes": [
+            {"name": "r1", "match": {"path_prefix": "/x/é"}, "upstream": "a"},
+            {"name": "r0", "match": {"path": "/y"}, "direct_response": {"status": 200, "body": "q\"\n"}}
+        ],
+        "plugins": {"cors": {"allow_origins": ["*"]}},
+    });
+    let d = doc(v.clone());
+    let text = d.to_value().to_string();
+    assert_eq!(d.hash(), format!("{:016x}", crate::digest(text.as_bytes())));
+    assert_eq!(
+        crate::json_digest(&v),
+        crate::digest(v.to_string().as_bytes())
+    );
+    assert_eq!(
+        doc(json!({})).hash(),
+        format!("{:016x}", crate::digest(b"{}"))
+    );
+}

@@ -206,7 +206,7 @@ pub async fn first_snapshot(
     use crate::history::Meta;
     let build = |doc: Option<Arc<SharedDoc>>| {
         let (source, metrics, origin) = (source.clone(), metrics.clone(), fleet.origin.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::config_thread::run(move || {
             let cfg = crate::control::load(&source, doc.as_deref().map(|d| (d, origin.as_str())))?;
             crate::snapshot::Snapshot::build(cfg, None, &metrics)
         })
