@@ -22,7 +22,9 @@ fuzz_target!(|data: (&str, &str, &str, &str)| {
         return;
     };
     for route in &cfg.routes {
-        let rw = &route.rewrite;
+        let Some(rw) = route.rewrite.as_deref() else {
+            continue;
+        };
         let mut p = path.to_owned();
         if let Some(pre) = &rw.strip_prefix
             && let Some(rest) = p.strip_prefix(pre.as_str())

@@ -14,7 +14,7 @@ mod convert;
 mod load;
 mod params;
 mod spec;
-mod tape;
+pub mod tape;
 #[cfg(test)]
 mod tests;
 

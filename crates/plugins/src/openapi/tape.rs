@@ -22,13 +22,30 @@ use serde_json::{Number, Value};
 /// descendant.
 #[derive(Debug)]
 pub enum Slot<'a> {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// A number.
     Num(Number),
+    /// A string value (borrowed from the body unless it had escapes).
     Str(Cow<'a, str>),
+    /// An object member's name; its value follows.
     Key(Cow<'a, str>),
-    Arr { len: u32, end: u32 },
-    Obj { len: u32, end: u32 },
+    /// An array: `len` elements, its subtree ends before `end`.
+    Arr {
+        /// Elements.
+        len: u32,
+        /// Index just past its last descendant.
+        end: u32,
+    },
+    /// An object: `len` members (name, value), its subtree ends before `end`.
+    Obj {
+        /// Members.
+        len: u32,
+        /// Index just past its last descendant.
+        end: u32,
+    },
 }
 
 /// A parsed JSON document, borrowing unescaped strings from its source.
@@ -46,6 +63,11 @@ impl<'a> Tape<'a> {
         SlotSeed(&mut slots).deserialize(&mut de)?;
         de.end()?;
         Ok(Tape { slots })
+    }
+
+    /// The document as a `serde_json::Value` (tests and diagnostics; validation reads the tape).
+    pub fn to_value(&self) -> Value {
+        value_at(&self.slots, 0)
     }
 
     /// The document's root value.
@@ -358,9 +380,12 @@ impl<'a> Object<'a, TapeJson> for TapeObject<'a> {
     fn len(&self) -> usize {
         self.len
     }
+    /// The last member of that name, as `serde_json` (and most servers behind us) read a
+    /// duplicated key: validating the first would pass a value the upstream never sees.
     fn get(&self, key: &Box<str>) -> Option<TapeNode<'a>> {
         self.members()
-            .find(|(name, _)| *name == key.as_ref())
+            .filter(|(name, _)| *name == key.as_ref())
+            .last()
             .map(|(_, node)| node)
     }
     fn members(&self) -> Members<'a> {
@@ -467,6 +492,24 @@ mod tests {
                 .as_deref(),
             Some("x\u{e9}y")
         );
+    }
+
+    #[test]
+    fn a_duplicated_key_reads_as_its_last_value() {
+        let schema = serde_json::json!({ "properties": { "a": { "type": "integer" } } });
+        let v = jsonschema::options_for::<TapeJson>()
+            .build(&schema)
+            .expect("compiles");
+        for doc in [r#"{"a":"x","a":1}"#, r#"{"a":1,"a":"x"}"#] {
+            let tape = Tape::parse(doc.as_bytes()).expect("parses");
+            let value: Value = serde_json::from_str(doc).expect("parses");
+            assert_eq!(tape.to_value(), value);
+            let last_ok = value["a"].is_i64();
+            let got = tape.root().as_object().and_then(|o| o.get(&"a".into()));
+            assert_eq!(got.and_then(|n| n.as_number()).is_some(), last_ok, "{doc}");
+            // The members pass checks both values, so neither order validates.
+            assert!(!v.is_valid(tape.root()), "{doc}");
+        }
     }
 
     #[test]
