@@ -149,3 +149,22 @@ free_ports() { python3 -c 'import socket,sys
 s=[socket.socket() for _ in range(int(sys.argv[1]))]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"; }
+
+# ensure_tools COMMAND:PACKAGE... -> installs with apt-get the packages of the commands that are
+# missing (also looked for in /usr/sbin); nginx-light falls back to nginx on releases without it.
+# Sets NGINX to nginx's path.
+ensure_tools() {
+  local sudo="" need=() kv
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  for kv in "$@"; do
+    command -v "${kv%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${kv%%:*}" ] || need+=("${kv#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} (apt-get)"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+      || $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${need[@]/nginx-light/nginx}" >/dev/null
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+}

@@ -41,21 +41,7 @@ for p in $PROFILES; do
   case $p in openapi | transcode) ;; *) die "unknown profile '$p' (known: openapi transcode)" ;; esac
 done
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-need=()
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} (apt-get)"
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${need[@]/nginx-light/nginx}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_tools h2load:nghttp2-client nginx:nginx-light curl:curl taskset:util-linux
 
 log "building portcullis and the gRPC upstream (release)"
 cargo build --release -p portcullis >&2

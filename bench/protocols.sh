@@ -32,21 +32,7 @@ cd "$REPO"
 for r in $ROWS; do
   case $r in h1 | h1-tls | h2-tls) ;; *) die "unknown row '$r' (known: h1 h1-tls h2-tls)" ;; esac
 done
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-need=()
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} (apt-get)"
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${need[@]/nginx-light/nginx}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_tools h2load:nghttp2-client nginx:nginx-light openssl:openssl curl:curl
 
 log "building portcullis (release)"
 cargo build --release -p portcullis >&2
