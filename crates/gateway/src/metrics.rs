@@ -1,7 +1,7 @@
 //! Prometheus metrics. Per-route handles are resolved once per config snapshot, so recording
 //! on the hot path is a few relaxed atomic adds: no label lookup, no lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,7 +26,7 @@ pub struct Metrics {
     registry: Registry,
     families: Arc<Families>,
     /// Upstream names, shared by the routes that use them.
-    names: Mutex<HashMap<Arc<str>, ()>>,
+    names: Mutex<HashSet<Arc<str>>>,
     windows: Mutex<HashMap<String, Arc<RollingStats>>>,
     answered: Mutex<HashMap<String, Arc<crate::policy::Answered>>>,
     unanswered: Arc<crate::policy::Answered>,
@@ -423,7 +423,7 @@ impl Metrics {
                 bytes_out,
                 in_flight,
             }),
-            names: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashSet::new()),
             windows: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
             unanswered: Arc::default(),
@@ -448,14 +448,14 @@ impl Metrics {
         } else {
             let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             legs.iter()
-                .map(|l| match names.get_key_value(*l) {
-                    Some((k, _)) => k.clone(),
+                .map(|l| match names.get(*l) {
+                    Some(k) => k.clone(),
                     None => {
                         // The upstream's histogram exists from the first route that uses it
                         // (no upstream, no series: rather than an `upstream=""` one).
                         self.families.upstream_latency.with_label_values(&[*l]);
                         let k: Arc<str> = Arc::from(*l);
-                        names.insert(k.clone(), ());
+                        names.insert(k.clone());
                         k
                     }
                 })

@@ -270,11 +270,7 @@ async fn serve(
     let key = snap.hash_keys[up_idx]
         .as_ref()
         .map(|k| request_hash(k, &parts, client_ip));
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::body::declared_length(&parts.headers);
     let body = if let Some(b) = prepared {
         b
     } else if let (false, Some(body)) = (websocket, incoming) {

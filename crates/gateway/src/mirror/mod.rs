@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, header};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 use portcullis_client::Upstream;
 use portcullis_config::Mirror;
@@ -185,11 +185,7 @@ pub fn fork(
     if targets.is_empty() {
         return body;
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::body::declared_length(&parts.headers);
     let whole: Option<Bytes> = match &body {
         ReqBody::Empty => Some(Bytes::new()),
         ReqBody::Buffered(_, all) => Some(all.clone()),

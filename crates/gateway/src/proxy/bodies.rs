@@ -151,11 +151,7 @@ pub(super) async fn request(
             format!("request body larger than {limit} bytes"),
         )
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::body::declared_length(&parts.headers);
     let read = if declared.is_some_and(|n| n > limit) {
         Err(ReadError::TooLarge)
     } else {
@@ -255,11 +251,7 @@ pub(super) async fn response(
         };
         return (Response::from_parts(parts, body), Some(ctx));
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::body::declared_length(&parts.headers);
     let (mut data, mut trailers) = match read_all(body, limit, declared).await {
         Ok(x) => x,
         Err(e) => {
