@@ -91,8 +91,16 @@ fn transform_whole(
     Ok((data, end.trailers))
 }
 
+/// Frames a whole body by its length. A `Content-Length` already right (the usual case: the
+/// body came whole and no plugin changed its size) is kept as it is, without a new header value.
 fn set_length(h: &mut HeaderMap, len: usize) {
-    h.remove(header::TRANSFER_ENCODING);
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::TRANSFER_ENCODING);
+    } else if crate::body::declared_length(h) == Some(len as u64)
+        && h.get_all(header::CONTENT_LENGTH).iter().nth(1).is_none()
+    {
+        return;
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 

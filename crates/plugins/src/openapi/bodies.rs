@@ -18,17 +18,20 @@ pub fn essence(ct: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// The declared media type a content type falls under: exact, then `type/*`, then `*/*`.
+/// The declared media type a content type falls under: exact, then `type/*`, then `*/*`
+/// (declared ranges are lower case; the header is compared without case and not copied).
 pub fn find_media<'m>(media: &'m [Media], ct: &str) -> Option<&'m Media> {
-    let ess = essence(ct);
+    let ess = ct.split(';').next().unwrap_or("").trim();
     let major = ess.split('/').next().unwrap_or("");
     media
         .iter()
-        .find(|m| m.range == ess)
+        .find(|m| m.range.eq_ignore_ascii_case(ess))
         .or_else(|| {
-            media
-                .iter()
-                .find(|m| m.range.strip_suffix("/*") == Some(major))
+            media.iter().find(|m| {
+                m.range
+                    .strip_suffix("/*")
+                    .is_some_and(|r| r.eq_ignore_ascii_case(major))
+            })
         })
         .or_else(|| media.iter().find(|m| m.range == "*/*"))
 }
@@ -74,18 +77,27 @@ fn fields_to_object(media: &Media, pairs: Vec<(String, String)>) -> Value {
     Value::Object(m)
 }
 
+/// Validates a JSON body when the media type has a JSON schema; `false` when it has not (the
+/// body is then for [`check`]). Never waits, so the request phase needs no future for it.
+pub fn check_json(media: &Media, body: &[u8], out: &mut Vec<Failure>) -> bool {
+    let Some(BodySchema::Json(schema)) = &media.schema else {
+        return false;
+    };
+    match Tape::parse(body) {
+        Ok(t) => schema_failures(schema, t.root(), "body", "", false, out),
+        Err(e) => out.push(body_failure(format!("the body is not valid JSON: {e}"))),
+    }
+    true
+}
+
 /// Validates a whole body; `content_type` is the request's or response's header value.
 pub async fn check(media: &Media, content_type: &str, body: Bytes, out: &mut Vec<Failure>) {
+    if check_json(media, &body, out) {
+        return;
+    }
     let schema = match &media.schema {
-        Some(BodySchema::Json(schema)) => {
-            match Tape::parse(&body) {
-                Ok(t) => schema_failures(schema, t.root(), "body", "", false, out),
-                Err(e) => out.push(body_failure(format!("the body is not valid JSON: {e}"))),
-            }
-            return;
-        }
         Some(BodySchema::Fields(schema)) => schema,
-        None => return,
+        Some(BodySchema::Json(_)) | None => return,
     };
     let value = match media.kind {
         BodyKind::Form => {

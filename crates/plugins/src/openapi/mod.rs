@@ -254,6 +254,14 @@ struct Matched {
     path: String,
 }
 
+impl Matched {
+    /// The operation's request body and the media type the request's content type chose.
+    fn request_media(&self) -> Option<(&spec::RequestBody, &spec::Media)> {
+        let rb = self.op.body.as_ref()?;
+        Some((rb, rb.media.get(self.media?)?))
+    }
+}
+
 /// Builds the plugin from its config.
 pub fn build(
     v: &serde_json::Value,
@@ -585,30 +593,30 @@ impl Plugin for OpenApi {
         let Some(m) = ctx.extensions.get::<Arc<Matched>>().cloned() else {
             return Step::CONTINUE;
         };
-        if m.op.body.is_none() || m.media.is_none() {
+        let Some((rb, media)) = m.request_media() else {
             return Step::CONTINUE;
-        }
-        let data = body.clone();
-        Step::Pending(Box::pin(async move {
-            let mut failures = Vec::new();
-            let rb = m.op.body.as_ref();
-            let media = rb.and_then(|b| b.media.get(m.media.unwrap_or(usize::MAX)));
-            if let (Some(rb), Some(media)) = (rb, media) {
-                if data.is_empty() {
-                    if rb.required {
-                        failures.push(Failure {
-                            loc: "body",
-                            name: String::new(),
-                            pointer: String::new(),
-                            message: "the request body is required".into(),
-                        });
-                    }
-                } else {
+        };
+        let mut failures = Vec::new();
+        if body.is_empty() {
+            if rb.required {
+                failures.push(Failure {
+                    loc: "body",
+                    name: String::new(),
+                    pointer: String::new(),
+                    message: "the request body is required".into(),
+                });
+            }
+        } else if !bodies::check_json(media, body, &mut failures) {
+            // Forms and multipart bodies: the multipart reader is asynchronous.
+            let data = body.clone();
+            return Step::Pending(Box::pin(async move {
+                if let Some((_, media)) = m.request_media() {
                     bodies::check(media, &m.content_type, data, &mut failures).await;
                 }
-            }
-            self.conclude(ctx, "request", failures)
-        }))
+                self.conclude(ctx, "request", failures)
+            }));
+        }
+        Step::Done(self.conclude(ctx, "request", failures))
     }
 
     fn response_body(&self, ctx: &RequestCtx, resp: &http::response::Parts) -> Option<BodyAccess> {

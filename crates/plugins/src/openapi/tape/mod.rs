@@ -7,7 +7,10 @@
 //! [`Json`] traits, so a body is parsed once by `serde_json` (its parser, limits and error
 //! messages) into one `Vec` whose strings borrow from the body where they have no escapes.
 //! Containers record where their subtree ends, so walking an object's members skips nested
-//! values in one step.
+//! values in one step. Bodies are read by our own reader ([`fast`]) and handed to `serde_json`
+//! only when that reader does not take them, so errors are always `serde_json`'s.
+
+mod fast;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -59,6 +62,10 @@ impl<'a> Tape<'a> {
     pub fn parse(src: &'a [u8]) -> Result<Tape<'a>, serde_json::Error> {
         // About one slot per 8 bytes of a typical API body; growth covers the rest.
         let mut slots = Vec::with_capacity(src.len() / 8 + 4);
+        if fast::read(src, &mut slots).is_some() {
+            return Ok(Tape { slots });
+        }
+        slots.clear();
         let mut de = serde_json::Deserializer::from_slice(src);
         SlotSeed(&mut slots).deserialize(&mut de)?;
         de.end()?;
