@@ -253,7 +253,22 @@ async fn requests_are_validated_against_the_spec() {
         "only the valid GET went upstream"
     );
 
-    // $ref across two files, status 422.
+    // Empty query values: refused unless the parameter declares `allowEmptyValue: true` (`q`,
+    // whose minLength then is not checked).
+    let got = call(&gw, "GET", "/v1/pets?limit=&q=", &[], "").await;
+    assert_eq!(got.status, 400);
+    assert_eq!(
+        errors(&got),
+        [("query".into(), "limit".into(), String::new())]
+    );
+    assert_eq!(
+        got.json()["error"]["errors"][0]["message"],
+        "must not be empty"
+    );
+    let before = hits.load(Ordering::SeqCst);
+    assert_eq!(call(&gw, "GET", "/v1/pets?q", &[], "").await.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 1);
+
     assert_eq!(
         call(&gw, "GET", "/items?limit=5", &[], "").await.status,
         200

@@ -459,7 +459,10 @@ mod tests {
             QueryRead::Value(json!(["a", ""]))
         );
         for style in [Style::Default, Style::Pipe, Style::Space] {
-            assert_eq!(read(&param(style, false, arr.clone()), "id="), QueryRead::Empty);
+            assert_eq!(
+                read(&param(style, false, arr.clone()), "id="),
+                QueryRead::Empty
+            );
         }
         // Objects read from their own keys have no empty value as a whole.
         let obj = Shape::Object(vec![("a".into(), Scalar::Integer)]);

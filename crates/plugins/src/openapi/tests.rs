@@ -347,8 +347,16 @@ async fn empty_query_values_need_allow_empty_value() {
     let empty = |name: &str| ("query".into(), name.into(), "must not be empty".into());
     // 3.0: `q` allows an empty value (unchecked against its minLength), `limit` does not.
     let p = plugin(json!({"spec": "pets-30.yaml", "unknown_query": "reject"})).unwrap();
-    for uri in ["/v1/pets?q=", "/v1/pets?q", "/v1/pets?q=&q=", "/v1/pets?q=ab"] {
-        assert!(answer(run(&p, "GET", uri, &[], "").await).is_none(), "{uri}");
+    for uri in [
+        "/v1/pets?q=",
+        "/v1/pets?q",
+        "/v1/pets?q=&q=",
+        "/v1/pets?q=ab",
+    ] {
+        assert!(
+            answer(run(&p, "GET", uri, &[], "").await).is_none(),
+            "{uri}"
+        );
     }
     assert!(answer(run(&p, "GET", "/v1/pets?q=a", &[], "").await).is_some());
     for uri in ["/v1/pets?limit=", "/v1/pets?limit", "/v1/pets?limit=&q="] {
@@ -402,5 +410,9 @@ async fn empty_query_values_need_allow_empty_value() {
     );
     let missing = failures(run(&r, "GET", "/s", &[], "").await);
     assert_eq!(missing.len(), 2, "{missing:?}");
-    assert!(missing.iter().all(|f| f.2 == "required parameter is missing"));
+    assert!(
+        missing
+            .iter()
+            .all(|f| f.2 == "required parameter is missing")
+    );
 }
