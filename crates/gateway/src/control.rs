@@ -101,6 +101,7 @@ impl Control {
         let mut listeners = Listeners::default();
         let prepared = listeners.prepare(&want).await?;
         listeners.commit(prepared, &want, &shared);
+        crate::lints::log(&shared.snapshot.load().lints);
         shared.metrics.set_config(&hash);
         shared.ready.store(ready, Ordering::Release);
         let sampler = crate::topology::TargetSampler::spawn(shared.clone());
@@ -209,6 +210,8 @@ impl Control {
         let snap = Arc::new(snap);
         let old_snap = self.shared.snapshot.swap(snap.clone());
         listeners.commit(prepared, &want, &self.shared);
+        // Every applied snapshot (its spec files may have changed under the same config hash).
+        crate::lints::log(&snap.lints);
         if !same {
             let generation = meta.generation;
             let committed = meta.committed_at;

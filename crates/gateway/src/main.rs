@@ -27,6 +27,7 @@ mod errors;
 mod fleet;
 mod framing;
 mod history;
+mod lints;
 mod live;
 mod logging;
 mod metrics;

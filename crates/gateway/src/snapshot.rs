@@ -102,8 +102,8 @@ pub struct Snapshot {
     pub dns: Option<(portcullis_config::Dns, Arc<Dns>)>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
-    /// Warnings plugins found in their config (shown by `validate`).
-    pub lints: Vec<portcullis_config::Lint>,
+    /// Warnings plugins found in their config (printed by `validate`, logged when applied).
+    pub lints: Vec<crate::lints::PluginLint>,
     /// Traffic policy states, in `config.policies` order (kept across reloads when unchanged).
     pub policies: Vec<Arc<crate::policy::PolicyRuntime>>,
 }
@@ -119,15 +119,20 @@ impl Snapshot {
         let mut errors: Vec<ConfigError> = Vec::new();
         let at = |path: &str, msg: String| config.error_at(path, msg);
         let mut lints = Vec::new();
-        let mut lint = |field: &str, p: &dyn Plugin| {
-            for (policy, msg) in p.lints() {
-                lints.push(portcullis_config::Lint {
-                    severity: portcullis_config::Severity::Warning,
-                    policy,
-                    error: config.error_at(field, msg),
-                });
-            }
-        };
+        let mut lint =
+            |conf: &portcullis_config::PluginConf, route: Option<&str>, p: &dyn Plugin| {
+                for (policy, msg) in p.lints() {
+                    lints.push(crate::lints::PluginLint {
+                        plugin: conf.name.clone(),
+                        route: route.map(str::to_owned),
+                        lint: portcullis_config::Lint {
+                            severity: portcullis_config::Severity::Warning,
+                            policy,
+                            error: config.error_at(&conf.field, msg),
+                        },
+                    });
+                }
+            };
 
         let mut listeners = HashMap::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -250,7 +255,7 @@ impl Snapshot {
             };
             match build_plugin(p, &bctx) {
                 Ok(inst) => {
-                    lint(&p.field, &*inst);
+                    lint(p, None, &*inst);
                     global.insert(p.name.clone(), inst);
                 }
                 Err(e) => errors.push(at(&e.0, e.1)),
@@ -289,7 +294,7 @@ impl Snapshot {
                     };
                     match build_plugin(p, &bctx) {
                         Ok(i) => {
-                            lint(&p.field, &*i);
+                            lint(p, Some(&r.name), &*i);
                             Some(i)
                         }
                         Err(e) => {

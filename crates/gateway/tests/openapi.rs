@@ -253,7 +253,22 @@ async fn requests_are_validated_against_the_spec() {
         "only the valid GET went upstream"
     );
 
-    // $ref across two files, status 422.
+    // Empty query values: refused unless the parameter declares `allowEmptyValue: true` (`q`,
+    // whose minLength then is not checked).
+    let got = call(&gw, "GET", "/v1/pets?limit=&q=", &[], "").await;
+    assert_eq!(got.status, 400);
+    assert_eq!(
+        errors(&got),
+        [("query".into(), "limit".into(), String::new())]
+    );
+    assert_eq!(
+        got.json()["error"]["errors"][0]["message"],
+        "must not be empty"
+    );
+    let before = hits.load(Ordering::SeqCst);
+    assert_eq!(call(&gw, "GET", "/v1/pets?q", &[], "").await.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 1);
+
     assert_eq!(
         call(&gw, "GET", "/items?limit=5", &[], "").await.status,
         200
@@ -404,6 +419,79 @@ async fn a_broken_spec_is_refused_on_reload_and_the_old_one_keeps_serving() {
         call(&gw, "GET", "/v1/pets?limit=500", &[], "").await.status,
         400
     );
+}
+
+/// Log lines of plugin lints that contain every one of `parts`.
+fn lint_lines(gw: &Gateway, parts: &[&str]) -> usize {
+    gw.log_lines()
+        .iter()
+        .filter(|l| {
+            l.contains("WARN")
+                && l.contains("plugin config warning")
+                && l.contains("plugin=openapi")
+                && parts.iter().all(|p| l.contains(p))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_lints_are_logged_at_start_and_on_reload() {
+    let (up, _) = backend().await;
+    let gw = Gateway::start_with(&gateway_yaml(&up.address(), "{ mode: off }"), copy_specs);
+    let cost = [
+        "route=items",
+        "policy=openapi-internal-property",
+        "`cost` marked x-internal: true",
+        "field=routes[2].plugins.openapi",
+        "portcullis.yaml:",
+    ];
+    let notes = [
+        "route=upload",
+        "policy=openapi-unvalidated-body",
+        "POST /notes declares no request body schema",
+    ];
+    // The three lints of forms.yaml's two routes and the one of split/main.yaml: once each.
+    let all = ["policy=openapi-"];
+    assert!(
+        eventually(Duration::from_secs(5), async || lint_lines(&gw, &all) >= 5).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(lint_lines(&gw, &all), 5, "{}", gw.logs());
+    assert_eq!(lint_lines(&gw, &cost), 1, "{}", gw.logs());
+    assert_eq!(lint_lines(&gw, &notes), 1, "{}", gw.logs());
+    assert_eq!(lint_lines(&gw, &["route=pets"]), 0, "pets-30.yaml is clean");
+
+    // The spec changes under an unchanged config: the reload logs the new snapshot's lints.
+    let spec = gw.dir.path().join("specs/pets-30.yaml");
+    let text = std::fs::read_to_string(&spec).expect("read spec");
+    let leaky = text.replace(
+        "        password: { type: string, writeOnly: true }\n",
+        "        password: { type: string, writeOnly: true }\n        secret: { type: string, x-internal: true }\n",
+    );
+    assert_ne!(leaky, text);
+    write_atomically(&spec, leaky.as_bytes());
+    let reload = send(
+        &h1_client(),
+        req("POST", &gw.admin_url("/admin/reload"))
+            .body(Full::default())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(reload.status, 200, "{:?}", reload.body);
+    let secret = [
+        "route=pets",
+        "policy=openapi-internal-property",
+        "`secret` marked x-internal: true",
+    ];
+    // GET /pets, POST /pets and GET /pets/{petId} return a Pet.
+    assert!(
+        eventually(Duration::from_secs(5), async || lint_lines(&gw, &all) >= 13).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(lint_lines(&gw, &secret), 3, "{}", gw.logs());
+    assert_eq!(lint_lines(&gw, &cost), 2, "{}", gw.logs());
 }
 
 #[test]

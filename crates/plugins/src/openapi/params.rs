@@ -86,8 +86,28 @@ fn split_value(v: &str, style: Style) -> Vec<&str> {
     v.split(sep).collect()
 }
 
+/// What the query holds for a parameter.
+#[derive(Debug, PartialEq)]
+enum QueryRead {
+    /// Not there.
+    Absent,
+    /// There under its own name with no value in any occurrence (`?q=`, `?q`, `?q=&q=`).
+    /// Styles whose fields are their own keys (`deepObject`, exploded objects) are never
+    /// empty as a whole: their fields' empty values go to the schema.
+    Empty,
+    /// Its value, shaped and coerced.
+    Value(Value),
+}
+
 /// The value of a query parameter, and marks the query keys it used.
-fn query_value(p: &Param, pairs: &[(String, String)], used: &mut [bool]) -> Option<Value> {
+fn query_value(p: &Param, pairs: &[(String, String)], used: &mut [bool]) -> QueryRead {
+    let object = |m: Map<String, Value>| {
+        if m.is_empty() {
+            QueryRead::Absent
+        } else {
+            QueryRead::Value(Value::Object(m))
+        }
+    };
     if p.style == Style::DeepObject {
         let prefix = format!("{}[", p.name);
         let fields = match &p.shape {
@@ -101,7 +121,7 @@ fn query_value(p: &Param, pairs: &[(String, String)], used: &mut [bool]) -> Opti
                 m.insert(field.to_owned(), coerce(v, field_type(fields, field)));
             }
         }
-        return (!m.is_empty()).then_some(Value::Object(m));
+        return object(m);
     }
     if p.explode
         && let Shape::Object(fields) = &p.shape
@@ -114,7 +134,7 @@ fn query_value(p: &Param, pairs: &[(String, String)], used: &mut [bool]) -> Opti
                 m.insert(k.clone(), coerce(v, *t));
             }
         }
-        return (!m.is_empty()).then_some(Value::Object(m));
+        return object(m);
     }
     let mut values: Vec<&str> = Vec::new();
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -124,14 +144,17 @@ fn query_value(p: &Param, pairs: &[(String, String)], used: &mut [bool]) -> Opti
         }
     }
     if values.is_empty() {
-        return None;
+        return QueryRead::Absent;
+    }
+    if values.iter().all(|v| v.is_empty()) {
+        return QueryRead::Empty;
     }
     let pieces: Vec<&str> = if p.explode && matches!(p.shape, Shape::Array(_)) {
         values.clone()
     } else {
         split_value(values[0], p.style)
     };
-    Some(match p.shape {
+    QueryRead::Value(match p.shape {
         Shape::Scalar(t) => coerce(values[0], t),
         _ => shape_values(&pieces, &p.shape),
     })
@@ -240,7 +263,22 @@ pub fn check(
                 }
                 None => None,
             },
-            In::Query => query_value(p, &pairs, &mut used),
+            In::Query => match query_value(p, &pairs, &mut used) {
+                QueryRead::Absent => None,
+                QueryRead::Value(v) => Some(v),
+                // Present (so `required` is met); with `allowEmptyValue` accepted unchecked.
+                QueryRead::Empty => {
+                    if !p.allow_empty {
+                        out.push(Failure {
+                            loc: "query",
+                            name: p.name.clone(),
+                            pointer: String::new(),
+                            message: "must not be empty".into(),
+                        });
+                    }
+                    continue;
+                }
+            },
             In::Header => {
                 let vals: Vec<&str> = headers
                     .get_all(p.name.as_str())
@@ -292,6 +330,7 @@ mod tests {
             name: "id".into(),
             loc: In::Query,
             required: false,
+            allow_empty: false,
             style,
             explode,
             shape,
@@ -299,10 +338,17 @@ mod tests {
         }
     }
 
-    fn q(p: &Param, query: &str) -> Option<Value> {
+    fn read(p: &Param, query: &str) -> QueryRead {
         let pairs = query_pairs(query);
         let mut used = vec![false; pairs.len()];
         query_value(p, &pairs, &mut used)
+    }
+
+    fn q(p: &Param, query: &str) -> Option<Value> {
+        match read(p, query) {
+            QueryRead::Value(v) => Some(v),
+            _ => None,
+        }
     }
 
     #[test]
@@ -392,6 +438,45 @@ mod tests {
                 "id=x"
             ),
             Some(json!("x"))
+        );
+    }
+
+    #[test]
+    fn empty_query_values() {
+        let scalar = param(Style::Default, true, Shape::Scalar(Scalar::Integer));
+        for query in ["id=", "id", "id=&id", "a=1&id=&b=2"] {
+            assert_eq!(read(&scalar, query), QueryRead::Empty, "{query}");
+        }
+        assert_eq!(read(&scalar, "other="), QueryRead::Absent);
+        // `+` decodes to a space: not empty.
+        assert_eq!(read(&scalar, "id=+"), QueryRead::Value(json!(" ")));
+        let arr = Shape::Array(Scalar::String);
+        let exploded = param(Style::Default, true, arr.clone());
+        assert_eq!(read(&exploded, "id=&id="), QueryRead::Empty);
+        // One value among empty ones: the empty ones are items for the schema to judge.
+        assert_eq!(
+            read(&exploded, "id=a&id="),
+            QueryRead::Value(json!(["a", ""]))
+        );
+        for style in [Style::Default, Style::Pipe, Style::Space] {
+            assert_eq!(
+                read(&param(style, false, arr.clone()), "id="),
+                QueryRead::Empty
+            );
+        }
+        // Objects read from their own keys have no empty value as a whole.
+        let obj = Shape::Object(vec![("a".into(), Scalar::Integer)]);
+        assert_eq!(
+            read(&param(Style::DeepObject, true, obj.clone()), "id[a]="),
+            QueryRead::Value(json!({"a": ""}))
+        );
+        assert_eq!(
+            read(&param(Style::Default, true, obj.clone()), "a="),
+            QueryRead::Value(json!({"a": ""}))
+        );
+        assert_eq!(
+            read(&param(Style::Default, false, obj), "id="),
+            QueryRead::Empty
         );
     }
 }

@@ -88,6 +88,8 @@ pub struct Param {
     pub loc: In,
     /// Must be present.
     pub required: bool,
+    /// Query only: `allowEmptyValue: true`, an empty value (`?q=`, `?q`) is accepted unchecked.
+    pub allow_empty: bool,
     /// Serialization style.
     pub style: Style,
     /// Exploded form.
@@ -642,6 +644,8 @@ impl Compiler<'_> {
                 name
             },
             required: where_ == In::Path || p.get("required") == Some(&Value::Bool(true)),
+            allow_empty: where_ == In::Query
+                && p.get("allowEmptyValue") == Some(&Value::Bool(true)),
             loc: where_,
             style,
             explode,

@@ -328,3 +328,91 @@ fn responses_are_checked() {
     let f = check_response(&spec_op, &head(200, "application/json"), &leaky);
     assert!(f[0].message.contains("write-only"), "{f:?}");
 }
+
+/// `(in, name, message)` of each failure of an answer.
+fn failures(f: Flow) -> Vec<(String, String, String)> {
+    let (_, e) = answer(f).expect("an answer");
+    e.as_array()
+        .expect("errors")
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+            (s("in"), s("name"), s("message"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn empty_query_values_need_allow_empty_value() {
+    let empty = |name: &str| ("query".into(), name.into(), "must not be empty".into());
+    // 3.0: `q` allows an empty value (unchecked against its minLength), `limit` does not.
+    let p = plugin(json!({"spec": "pets-30.yaml", "unknown_query": "reject"})).unwrap();
+    for uri in [
+        "/v1/pets?q=",
+        "/v1/pets?q",
+        "/v1/pets?q=&q=",
+        "/v1/pets?q=ab",
+    ] {
+        assert!(
+            answer(run(&p, "GET", uri, &[], "").await).is_none(),
+            "{uri}"
+        );
+    }
+    assert!(answer(run(&p, "GET", "/v1/pets?q=a", &[], "").await).is_some());
+    for uri in ["/v1/pets?limit=", "/v1/pets?limit", "/v1/pets?limit=&q="] {
+        assert_eq!(
+            failures(run(&p, "GET", uri, &[], "").await),
+            vec![empty("limit")],
+            "{uri}"
+        );
+    }
+    // An exploded array with some values: the empty one is an item the schema judges.
+    assert!(answer(run(&p, "GET", "/v1/pets?tags=a&tags=", &[], "").await).is_none());
+    assert_eq!(
+        failures(run(&p, "GET", "/v1/pets?tags=&ids=", &[], "").await),
+        vec![empty("tags"), empty("ids")]
+    );
+    // deepObject fields are values of their own: `""` is not in the enum.
+    let f = failures(run(&p, "GET", "/v1/pets?filter[status]=", &[], "").await);
+    assert_eq!((f[0].0.as_str(), f[0].1.as_str()), ("query", "filter"));
+    assert_ne!(f[0].2, "must not be empty");
+
+    // 3.1 reads the flag the same way.
+    let s = plugin(json!({"spec": "store-31.json"})).unwrap();
+    assert!(answer(run(&s, "GET", "/api/orders/o-1?fields=", &[], "").await).is_none());
+    assert!(answer(run(&s, "GET", "/api/orders/o-1?fields=A", &[], "").await).is_some());
+    assert_eq!(
+        failures(run(&s, "GET", "/api/orders/o-1?verbose=", &[], "").await),
+        vec![empty("verbose")]
+    );
+
+    // `required`: an empty value is there; it passes only with `allowEmptyValue`.
+    let dir = std::env::temp_dir().join(format!("pt-oas-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("req.yaml"),
+        "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /s:\n    get:\n      parameters:\n        - { name: a, in: query, required: true, allowEmptyValue: true, schema: { type: integer } }\n        - { name: b, in: query, required: true, schema: { type: string } }\n      responses: { '200': { description: ok } }\n",
+    )
+    .unwrap();
+    let r = OpenApi::new(
+        &json!({"spec": "req.yaml"}),
+        &BuildCtx {
+            scope: "t",
+            base_dir: &dir,
+        },
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(answer(run(&r, "GET", "/s?a=&b=x", &[], "").await).is_none());
+    assert_eq!(
+        failures(run(&r, "GET", "/s?a&b", &[], "").await),
+        vec![empty("b")]
+    );
+    let missing = failures(run(&r, "GET", "/s", &[], "").await);
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    assert!(
+        missing
+            .iter()
+            .all(|f| f.2 == "required parameter is missing")
+    );
+}
