@@ -83,6 +83,11 @@ impl<B> ResponseBody<B> {
     pub fn target(&self) -> Option<&str> {
         self.target.as_ref().map(|t| &*t.authority)
     }
+
+    /// The upstream target this body comes from, shared (no copy of the name).
+    pub fn target_name(&self) -> Option<Arc<str>> {
+        self.target.as_ref().map(|t| t.authority.clone())
+    }
 }
 
 impl<B> ResponseBody<B> {

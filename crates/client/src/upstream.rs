@@ -634,7 +634,6 @@ where
                     return Err(Error::new(kind).with_attempts(attempt - 1));
                 }
             };
-            tried.push(target.authority.clone());
             let mut request = request;
             let started = Instant::now();
             // The try's span is current while the hook runs, so it can record on it.
@@ -695,6 +694,8 @@ where
                     Tried::Failed(e, _) => Err(e.with_attempts(attempt)),
                 };
             }
+            // The next pick avoids the targets tried so far (kept only once there is a retry).
+            tried.push(target.authority.clone());
             let reason = reason.unwrap_or("other");
             inner.stats.record_retry(reason);
             match outcome {
@@ -893,13 +894,16 @@ where
 
     /// Sets the URI form and Host the connection's protocol needs.
     fn prepare(&self, target: &Target<B>, req: &mut Request<B>, h2: bool) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<Authority>().ok())
-            .or_else(|| req.uri().authority().cloned());
+        // Read only where it is needed: an HTTP/1.1 request that has a Host keeps it as it is.
+        let host = |req: &Request<B>| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<Authority>().ok())
+                .or_else(|| req.uri().authority().cloned())
+        };
         if h2 {
+            let host = host(req);
             let authority = host.unwrap_or_else(|| {
                 Authority::from_maybe_shared(Bytes::copy_from_slice(target.authority.as_bytes()))
                     .unwrap_or_else(|_| Authority::from_static("upstream"))
@@ -925,7 +929,7 @@ where
             *req.version_mut() = Version::HTTP_2;
         } else {
             if !req.headers().contains_key(header::HOST) {
-                let value = match &host {
+                let value = match &host(req) {
                     Some(a) => HeaderValue::from_str(a.as_str()),
                     None => HeaderValue::from_str(&target.authority),
                 };

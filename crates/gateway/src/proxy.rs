@@ -292,6 +292,8 @@ async fn serve(
                 }
             }
             Some(_) => ReqBody::limited(body, limits.max_body_bytes, None),
+            // No body at all (most GETs): nothing to count or to limit.
+            None if http_body::Body::is_end_stream(&body) => ReqBody::Empty,
             None => {
                 // No Content-Length (chunked, or HTTP/2): count the bytes as they stream.
                 let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -382,7 +384,7 @@ async fn serve(
             return response_phase(resp, route, ctx);
         }
     };
-    rec.target = resp.body().target().map(Arc::from);
+    rec.target = resp.body().target_name();
     rec.attempts = resp.body().attempts();
     let switched = websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
@@ -582,7 +584,10 @@ pub(crate) fn new_request_id() -> HeaderValue {
     for (i, o) in out.iter_mut().enumerate() {
         *o = HEX[((r >> (i * 4)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned by one allocation that its clones (request, response, log) share: a value copied
+    // from a slice would allocate again at its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -611,27 +616,57 @@ fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     client
 }
 
-/// An address as text; IPv4 by hand, because `Display` for addresses showed in profiles.
-fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
+/// An address as text, on the stack; IPv4 by hand, because `Display` for addresses showed in
+/// profiles.
+pub(crate) struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if o >= 100 {
+                        t.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        t.push(b'0' + (o / 10) % 10);
+                    }
+                    t.push(b'0' + o % 10);
                 }
-                let o = *o;
-                if o >= 100 {
-                    s.push((b'0' + o / 100) as char);
-                }
-                if o >= 10 {
-                    s.push((b'0' + (o / 10) % 10) as char);
-                }
-                s.push((b'0' + o % 10) as char);
             }
-            s
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut t.buf[..];
+                // The longest IPv6 text (an IPv4-mapped address in full) is 45 bytes.
+                if write!(rest, "{v6}").is_ok() {
+                    t.len = 45 - rest.len();
+                }
+            }
         }
-        v6 => v6.to_string(),
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 }
 
@@ -644,7 +679,7 @@ fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let trusted_peer = !trusted.is_empty() && is_trusted(peer, trusted);
-    let peer_s = ip_text(peer);
+    let peer_s = IpText::new(peer);
     let xff = if trusted_peer && h.contains_key(&X_FORWARDED_FOR) {
         let mut joined = String::new();
         for v in h.get_all(&X_FORWARDED_FOR) {
@@ -656,12 +691,13 @@ fn set_forwarded(
             }
         }
         joined.push_str(", ");
-        joined.push_str(&peer_s);
-        joined
+        joined.push_str(peer_s.as_str());
+        HeaderValue::from_str(&joined)
     } else {
-        peer_s
+        // One allocation, of the exact size.
+        HeaderValue::from_bytes(peer_s.as_bytes())
     };
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    if let Ok(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {

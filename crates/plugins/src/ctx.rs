@@ -33,6 +33,9 @@ pub struct RequestCtx {
     pub extensions: Extensions,
 }
 
+/// The route name of a request not routed yet: one shared empty name, not one per request.
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
 impl RequestCtx {
     /// A context for a request on `listener` from `client_ip`.
     pub fn new(request_id: HeaderValue, client_ip: IpAddr, listener: Arc<str>) -> Self {
@@ -40,7 +43,7 @@ impl RequestCtx {
             request_id,
             client_ip,
             listener,
-            route: Arc::from(""),
+            route: NO_ROUTE.clone(),
             consumer: None,
             client_cert: None,
             client_cert_authenticated: false,

@@ -49,10 +49,14 @@ fn ipv4_text_matches_display() {
         "1.100.99.9",
     ] {
         let a: IpAddr = ip.parse().unwrap();
-        assert_eq!(ip_text(a), a.to_string());
+        assert_eq!(IpText::new(a).as_str(), a.to_string());
     }
     let v6: IpAddr = "2001:db8::1".parse().unwrap();
-    assert_eq!(ip_text(v6), "2001:db8::1");
+    assert_eq!(IpText::new(v6).as_str(), "2001:db8::1");
+    let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+        .parse()
+        .expect("v6");
+    assert_eq!(IpText::new(longest).as_str(), longest.to_string());
 }
 
 #[test]
