@@ -6,7 +6,7 @@
 // The watcher lives in the gateway binary crate, which has no library target; it is plain
 // std code, so the file is compiled into the target as it is.
 #[allow(dead_code)]
-#[path = "../../crates/gateway/src/framing.rs"]
+#[path = "../../crates/gateway/src/server/framing.rs"]
 mod framing;
 
 use libfuzzer_sys::fuzz_target;

@@ -319,13 +319,13 @@ impl Control {
 }
 
 impl Control {
-    /// Checks the TLS files of every listener every [`crate::tls::FILE_POLL`] and swaps in a
+    /// Checks the TLS files of every listener every [`crate::server::tls::FILE_POLL`] and swaps in a
     /// new config for new connections when they changed (a certificate renewed, a CA added, a
     /// CRL updated). Separate from the config file watch: these files change without the
     /// config changing, and a bad one must not refuse the rest of the config.
     pub async fn watch_tls_files(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(crate::tls::FILE_POLL).await;
+            tokio::time::sleep(crate::server::tls::FILE_POLL).await;
             let listeners: Vec<_> = self
                 .shared
                 .snapshot

@@ -25,7 +25,6 @@ mod control;
 mod echo;
 mod errors;
 mod fleet;
-mod framing;
 mod history;
 mod lints;
 mod live;
@@ -41,7 +40,6 @@ mod snapshot;
 mod state;
 mod suspect;
 mod telemetry;
-mod tls;
 mod topology;
 
 use control::Control;

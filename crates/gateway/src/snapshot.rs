@@ -67,7 +67,7 @@ pub struct ListenerRuntime {
     /// Name.
     pub name: Arc<str>,
     /// TLS state when it terminates TLS (kept across reloads while unchanged).
-    pub tls: Option<Arc<crate::tls::TlsListener>>,
+    pub tls: Option<Arc<crate::server::tls::TlsListener>>,
     /// Limits.
     pub limits: Limits,
     /// Trusted proxy ranges.
@@ -145,7 +145,7 @@ impl Snapshot {
                     match prev_tls {
                         // Same settings, same files: the same state, sessions and all.
                         Some(p) if p.serves(&field, t) => Some(p),
-                        p => match crate::tls::TlsListener::build(
+                        p => match crate::server::tls::TlsListener::build(
                             &l.name,
                             &field,
                             t,
@@ -521,7 +521,7 @@ fn upstream_client(
                 Protocol::H2c => &[b"h2"],
                 Protocol::Auto => &[b"h2", b"http/1.1"],
             };
-            let cfg = crate::tls::upstream_client_config(t, alpn)?;
+            let cfg = crate::server::tls::upstream_client_config(t, alpn)?;
             let server_name = match &t.server_name {
                 Some(n) => Some(
                     ServerName::try_from(n.clone())
