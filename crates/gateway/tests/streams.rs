@@ -5,7 +5,6 @@
 mod harness;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -209,15 +208,12 @@ async fn trailers_pass_from_an_h2c_upstream_to_an_h2c_client() {
 
 /// Hand-written protobuf messages and gRPC plumbing (what tonic-build would generate).
 mod grpc {
-    use std::convert::Infallible;
-    use std::task::{Context, Poll};
-
-    use tonic::codegen::{BoxFuture, BoxStream, Service, tokio_stream};
-    use tonic::server::{
-        ClientStreamingService, Grpc, NamedService, ServerStreamingService, UnaryService,
-    };
+    use tonic::codegen::{BoxFuture, BoxStream, tokio_stream};
+    use tonic::server::{ClientStreamingService, Grpc, ServerStreamingService, UnaryService};
     use tonic::{Request, Response, Status, Streaming};
     use tonic_prost::ProstCodec;
+
+    use crate::harness::{GrpcFuture, GrpcRoutes, grpc_unimplemented};
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct EchoRequest {
@@ -240,10 +236,6 @@ mod grpc {
     /// joins the messages).
     #[derive(Clone)]
     pub struct EchoServer;
-
-    impl NamedService for EchoServer {
-        const NAME: &'static str = "test.Echo";
-    }
 
     struct Say;
     impl UnaryService<EchoRequest> for Say {
@@ -308,16 +300,10 @@ mod grpc {
         }
     }
 
-    impl Service<http::Request<tonic::body::Body>> for EchoServer {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = BoxFuture<Self::Response, Self::Error>;
+    impl GrpcRoutes for EchoServer {
+        const NAME: &'static str = "test.Echo";
 
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        fn route(&mut self, req: http::Request<tonic::body::Body>) -> GrpcFuture {
             let codec = ProstCodec::<EchoReply, EchoRequest>::default();
             match req.uri().path() {
                 "/test.Echo/Say" => {
@@ -331,26 +317,10 @@ mod grpc {
                 "/test.Echo/Join" => {
                     Box::pin(async move { Ok(Grpc::new(codec).client_streaming(Join, req).await) })
                 }
-                _ => {
-                    Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) })
-                }
+                _ => grpc_unimplemented(),
             }
         }
     }
-}
-
-/// Serves `grpc::EchoServer` with tonic's own server on an ephemeral port.
-async fn grpc_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(grpc::EchoServer)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    (addr, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +329,7 @@ async fn grpc_over_h2c_end_to_end() {
     use http::uri::PathAndQuery;
     use tonic_prost::ProstCodec;
 
-    let (addr, server) = grpc_upstream().await;
+    let (addr, server) = start_grpc_upstream(grpc::EchoServer).await;
     let gw = Gateway::start(&config(&format!(
         "upstreams:\n  grpc:\n    targets: [{{ address: \"{addr}\" }}]\n    protocol: h2c\nroutes:\n  - name: echo\n    match: {{ path_prefix: /test.Echo/ }}\n    upstream: grpc\n"
     )));

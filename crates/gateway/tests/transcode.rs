@@ -12,21 +12,18 @@ use bytes::Bytes;
 use harness::*;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// Hand-written messages and service plumbing of `shop.v1.Catalog` (what tonic-build makes).
 mod catalog {
-    use std::convert::Infallible;
-    use std::task::{Context, Poll};
     use std::time::Duration;
 
     use prost::Message as _;
-    use tonic::codegen::{BoxFuture, BoxStream, Service};
-    use tonic::server::{
-        ClientStreamingService, Grpc, NamedService, ServerStreamingService, UnaryService,
-    };
+    use tonic::codegen::{BoxFuture, BoxStream};
+    use tonic::server::{ClientStreamingService, Grpc, ServerStreamingService, UnaryService};
     use tonic::{Code, Request, Response, Status, Streaming};
     use tonic_prost::ProstCodec;
+
+    use crate::harness::{GrpcFuture, GrpcRoutes, grpc_unimplemented};
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Timestamp {
@@ -291,10 +288,6 @@ mod catalog {
     #[derive(Clone)]
     pub struct Catalog;
 
-    impl NamedService for Catalog {
-        const NAME: &'static str = "shop.v1.Catalog";
-    }
-
     macro_rules! unary {
         ($req:expr, $q:ty, $r:ty, $f:expr) => {{
             let codec = ProstCodec::<$r, $q>::default();
@@ -303,16 +296,10 @@ mod catalog {
         }};
     }
 
-    impl Service<http::Request<tonic::body::Body>> for Catalog {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = BoxFuture<Self::Response, Self::Error>;
+    impl GrpcRoutes for Catalog {
+        const NAME: &'static str = "shop.v1.Catalog";
 
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        fn route(&mut self, req: http::Request<tonic::body::Body>) -> GrpcFuture {
             let timeout = req
                 .headers()
                 .get("grpc-timeout")
@@ -405,26 +392,10 @@ mod catalog {
                         async move { Ok(Grpc::new(codec).client_streaming(Import, req).await) },
                     )
                 }
-                _ => {
-                    Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) })
-                }
+                _ => grpc_unimplemented(),
             }
         }
     }
-}
-
-/// Serves the catalog with tonic on an ephemeral port.
-async fn catalog_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(catalog::Catalog)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    (addr, task)
 }
 
 const PROTO: &str = include_str!("transcode/catalog.proto");
@@ -439,7 +410,7 @@ const PROTO_PLUGIN: &str =
     "        proto: { files: [catalog.proto] }\n        services: [shop.v1.Catalog]\n";
 
 async fn start(plugin: &str) -> (Gateway, tokio::task::JoinHandle<()>) {
-    let (addr, task) = catalog_upstream().await;
+    let (addr, task) = start_grpc_upstream(catalog::Catalog).await;
     let yaml = transcode_config(addr, plugin).replacen(
         "    address: 127.0.0.1:0\nadmin",
         "    address: 127.0.0.1:0\n    limits: { max_body_bytes: 65536 }\nadmin",
@@ -865,7 +836,7 @@ async fn client_streaming_from_a_json_array() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_sets_admin_routes_and_reload() {
-    let (addr, _up) = catalog_upstream().await;
+    let (addr, _up) = start_grpc_upstream(catalog::Catalog).await;
     let google = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../plugins/src/transcode/protos"

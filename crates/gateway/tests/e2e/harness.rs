@@ -503,6 +503,65 @@ where
     }
 }
 
+/// What a [`GrpcRoutes`] call returns: the HTTP response of the gRPC call.
+pub type GrpcFuture = tonic::codegen::BoxFuture<http::Response<tonic::body::Body>, Infallible>;
+
+/// A hand-written gRPC service for tests (what tonic-build would generate): its full name and
+/// how it answers each call, by path.
+pub trait GrpcRoutes: Clone + Send + Sync + 'static {
+    /// The service name, `package.Service`.
+    const NAME: &'static str;
+    /// Answers one call.
+    fn route(&mut self, req: http::Request<tonic::body::Body>) -> GrpcFuture;
+}
+
+/// Adapts a [`GrpcRoutes`] to the service tonic's server takes.
+#[derive(Clone)]
+struct GrpcService<R>(R);
+
+impl<R: GrpcRoutes> tonic::server::NamedService for GrpcService<R> {
+    const NAME: &'static str = R::NAME;
+}
+
+impl<R: GrpcRoutes> tonic::codegen::Service<http::Request<tonic::body::Body>> for GrpcService<R> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = GrpcFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        self.0.route(req)
+    }
+}
+
+/// The answer to a method the service does not have: status Unimplemented.
+pub fn grpc_unimplemented() -> GrpcFuture {
+    Box::pin(async { Ok(tonic::Status::unimplemented("no such method").into_http()) })
+}
+
+/// Serves `routes` with tonic's own server on an ephemeral loopback port; returns its address
+/// and the server task.
+pub async fn start_grpc_upstream<R: GrpcRoutes>(
+    routes: R,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(GrpcService(routes))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    (addr, task)
+}
+
 /// An upstream that answers every request with a JSON echo of method, path, query, headers
 /// and body length (like `portcullis echo`), plus a `x-upstream` header naming itself.
 pub async fn echo_upstream(name: &'static str) -> Upstream {
