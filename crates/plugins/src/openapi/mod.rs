@@ -249,9 +249,11 @@ struct Matched {
     op: Arc<Operation>,
     /// Index of the request body's media type, when there is a body to validate.
     media: Option<usize>,
-    content_type: String,
-    method: String,
-    path: String,
+    /// The request's `Content-Type` as sent (empty when none).
+    content_type: http::HeaderValue,
+    method: http::Method,
+    /// The request target (a shared copy: no allocation), for log lines.
+    uri: http::Uri,
 }
 
 impl Matched {
@@ -326,9 +328,13 @@ impl OpenApi {
         }) else {
             return Found::NoPath;
         };
-        let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        let rest = rest.trim_start_matches('/');
+        let count = rest.split('/').count();
         for entry in &self.spec.paths {
-            let Some(vars) = match_segs(&entry.segs, &segs) else {
+            if entry.segs.len() != count {
+                continue;
+            }
+            let Some(vars) = match_segs(&entry.segs, rest.split('/')) else {
                 continue;
             };
             let op = entry.ops.iter().find(|(m, _)| m == method).or_else(|| {
@@ -427,10 +433,11 @@ enum Found {
     NoPath,
 }
 
-fn match_segs(pattern: &[Seg], segs: &[&str]) -> Option<Vec<(String, String)>> {
-    if pattern.len() != segs.len() {
-        return None;
-    }
+/// The path variables when `segs` (as many as `pattern` has) match `pattern`.
+fn match_segs<'s>(
+    pattern: &[Seg],
+    segs: impl Iterator<Item = &'s str>,
+) -> Option<Vec<(String, String)>> {
     let mut vars = Vec::new();
     for (p, s) in pattern.iter().zip(segs) {
         match p {
@@ -507,16 +514,16 @@ impl Plugin for OpenApi {
             self.reject_unknown_query,
             &mut failures,
         );
-        let content_type = req
+        let content_type_value = req
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static(""));
+        let content_type = content_type_value.to_str().unwrap_or("");
         let mut media = None;
         if let (Some(body), true) = (&op.body, self.checks.body) {
             if has_body(&req.headers) || !content_type.is_empty() {
-                match bodies::find_media(&body.media, &content_type) {
+                match bodies::find_media(&body.media, content_type) {
                     Some(m) => {
                         media = body.media.iter().position(|x| std::ptr::eq(x, m));
                     }
@@ -526,7 +533,7 @@ impl Plugin for OpenApi {
                         let shown = if content_type.is_empty() {
                             "none".to_owned()
                         } else {
-                            bodies::essence(&content_type)
+                            bodies::essence(content_type)
                         };
                         let reply = Reply::error(
                             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -554,9 +561,9 @@ impl Plugin for OpenApi {
             ctx.extensions.insert(Arc::new(Matched {
                 op,
                 media,
-                content_type,
-                method: req.method.to_string(),
-                path: path.to_owned(),
+                content_type: content_type_value,
+                method: req.method.clone(),
+                uri: req.uri.clone(),
             }));
         }
         Step::Done(flow)
@@ -611,7 +618,8 @@ impl Plugin for OpenApi {
             let data = body.clone();
             return Step::Pending(Box::pin(async move {
                 if let Some((_, media)) = m.request_media() {
-                    bodies::check(media, &m.content_type, data, &mut failures).await;
+                    let ct = m.content_type.to_str().unwrap_or("");
+                    bodies::check(media, ct, data, &mut failures).await;
                 }
                 self.conclude(ctx, "request", failures)
             }));
@@ -665,7 +673,7 @@ impl Plugin for OpenApi {
                 route = %ctx.route,
                 request_id = ctx.request_id.to_str().unwrap_or(""),
                 method = %m.method,
-                path = %m.path,
+                path = %m.uri.path(),
                 operation = %m.op.template,
                 status = resp.status.as_u16(),
                 pointer = %f.pointer,

@@ -218,36 +218,19 @@ fn number(src: &str, i: usize) -> Option<(Number, usize)> {
     let mut j = digits_from;
     match *b.get(j)? {
         b'0' => j += 1,
-        b'1'..=b'9' => {
-            while b.get(j).is_some_and(u8::is_ascii_digit) {
-                j += 1;
-            }
-        }
+        b'1'..=b'9' => j = digits_end(b, j),
         _ => return None,
     }
     let int_end = j;
     if b.get(j) == Some(&b'.') {
-        j += 1;
-        let from = j;
-        while b.get(j).is_some_and(u8::is_ascii_digit) {
-            j += 1;
-        }
-        if j == from {
-            return None;
-        }
+        j = some_digits_end(b, j + 1)?;
     }
     if let Some(b'e' | b'E') = b.get(j) {
         j += 1;
         if let Some(b'+' | b'-') = b.get(j) {
             j += 1;
         }
-        let from = j;
-        while b.get(j).is_some_and(u8::is_ascii_digit) {
-            j += 1;
-        }
-        if j == from {
-            return None;
-        }
+        j = some_digits_end(b, j)?;
     }
     let digits = &b[digits_from..int_end];
     if j == int_end && digits.len() <= 18 {
@@ -263,6 +246,20 @@ fn number(src: &str, i: usize) -> Option<(Number, usize)> {
         }
     }
     Some((Number::from_str(src.get(i..j)?).ok()?, j))
+}
+
+/// Index past the run of digits starting at `i`.
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// Index past the run of digits starting at `i`, which must hold at least one.
+fn some_digits_end(b: &[u8], i: usize) -> Option<usize> {
+    let end = digits_end(b, i);
+    (end > i).then_some(end)
 }
 
 #[cfg(test)]
