@@ -1137,13 +1137,7 @@ routes:
 
     // 4. A config reload that changes nothing keeps the TLS state: sessions resume.
     save_session(&gw, "revocation", "globex", "revocation.sess");
-    let reload = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("request"),
-    )
-    .await;
+    let reload = gw.reload().await;
     assert_eq!(reload.status, 200, "{:?}", reload.body);
     assert_eq!(
         offer_session(&gw, "revocation", "globex", "revocation.sess"),
@@ -1173,13 +1167,7 @@ routes:
     .await;
     assert_eq!(failed, 1.0);
     // And a config reload now is refused as a whole, naming the file and field.
-    let reload = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("request"),
-    )
-    .await;
+    let reload = gw.reload().await;
     assert_ne!(reload.status, 200);
     let body = String::from_utf8_lossy(&reload.body);
     assert!(body.contains("listeners[0].tls.client_auth.ca"), "{body}");

@@ -396,13 +396,7 @@ async fn a_broken_spec_is_refused_on_reload_and_the_old_one_keeps_serving() {
     let spec = gw.dir.path().join("specs/pets-30.yaml");
     let broken = std::fs::read_to_string(gw.dir.path().join("specs/broken.yaml")).expect("read");
     write_atomically(&spec, broken.as_bytes());
-    let reload = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("request"),
-    )
-    .await;
+    let reload = gw.reload().await;
     assert_ne!(reload.status, 200);
     let body = String::from_utf8_lossy(&reload.body);
     assert!(
@@ -471,13 +465,7 @@ async fn spec_lints_are_logged_at_start_and_on_reload() {
     );
     assert_ne!(leaky, text);
     write_atomically(&spec, leaky.as_bytes());
-    let reload = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("request"),
-    )
-    .await;
+    let reload = gw.reload().await;
     assert_eq!(reload.status, 200, "{:?}", reload.body);
     let secret = [
         "route=pets",

@@ -261,13 +261,7 @@ async fn limits_survive_a_config_reload() {
     gw.write_config(
         &limited_config(plugins, extra).replace("watch_interval: 200ms", "watch_interval: 0s"),
     );
-    let reload = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("req"),
-    )
-    .await;
+    let reload = gw.reload().await;
     assert_eq!(
         reload.status,
         200,

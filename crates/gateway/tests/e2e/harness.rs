@@ -157,6 +157,17 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// `POST /admin/reload`: the gateway re-reads its config (and the files it names).
+    pub async fn reload(&self) -> Got {
+        send(
+            &h1_client(),
+            req("POST", &self.admin_url("/admin/reload"))
+                .body(Full::default())
+                .expect("request"),
+        )
+        .await
+    }
+
     /// The config file path.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.yaml")

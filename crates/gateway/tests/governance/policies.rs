@@ -78,13 +78,7 @@ async fn failure_statuses_decide_what_opens_the_breaker() {
 
 async fn reload(gw: &Gateway, yaml: String) {
     gw.write_config(&yaml);
-    let r = send(
-        &h1_client(),
-        req("POST", &gw.admin_url("/admin/reload"))
-            .body(Full::default())
-            .expect("req"),
-    )
-    .await;
+    let r = gw.reload().await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
