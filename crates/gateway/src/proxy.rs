@@ -618,7 +618,7 @@ fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 
 /// An address as text, on the stack; IPv4 by hand, because `Display` for addresses showed in
 /// profiles.
-pub(crate) struct IpText {
+struct IpText {
     buf: [u8; 45],
     len: usize,
 }
@@ -665,7 +665,7 @@ impl IpText {
         &self.buf[..self.len]
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 }
