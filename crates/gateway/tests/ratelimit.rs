@@ -90,13 +90,24 @@ async fn local_limit_lets_the_limit_through_then_429_with_headers() {
         assert!(num(g, "ratelimit-reset") <= 1, "a full refill takes 1 s");
     }
     if refills == 0 {
-        // The allowed ones counted down 4, 3, 2, 1, 0.
+        // The allowed ones counted down 4, 3, 2, 1, 0. Each count is measured at the time its
+        // request read the clock, and concurrent requests may take their turn in another order
+        // than they read it, so a count can be one below its place (the limit itself is exact:
+        // five passed).
         let mut remaining: Vec<u64> = passed
             .iter()
             .map(|g| num(g, "ratelimit-remaining"))
             .collect();
         remaining.sort_unstable();
-        assert_eq!(remaining, vec![0, 1, 2, 3, 4]);
+        assert!(
+            remaining
+                .iter()
+                .zip(0u64..)
+                .all(|(r, want)| *r <= want && want - r <= 1)
+                && remaining[4] >= 3
+                && remaining[0] == 0,
+            "{remaining:?}"
+        );
     }
 
     // Retry-After is honoured: waiting that long lets requests through again.
