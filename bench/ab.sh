@@ -56,19 +56,13 @@ wait_port "$UP" "$UP_PID" "upstream nginx" "$TMP/upstream/stderr"
 
 # start side bin port admin -> sets PID_<side>
 start() {
-  local side=$1 bin=$2 port=$3 admin=$4 d="$TMP/$1" i pid
+  local side=$1 bin=$2 port=$3 admin=$4 d="$TMP/$1"
   mkdir -p "$d"
   render "$BENCH_DIR/portcullis.yaml.in" "$d/portcullis.yaml" PROXY_PORT="$port" ADMIN_PORT="$admin" \
     UPSTREAM_PORT="$UP"
-  PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$bin" run -c "$d/portcullis.yaml" >"$d/stdout" 2>"$d/stderr" &
-  pid=$!; track "$pid"
-  wait_port "$port" "$pid" "portcullis $side" "$d/stderr"
-  for i in $(seq 100); do
-    [ "$(curl_status "http://127.0.0.1:$admin/readyz")" = 200 ] && break
-    sleep 0.05
-  done
+  run_portcullis "$bin" "$d" "$port" "$admin" "portcullis $side"
   [ "$(curl_status "http://127.0.0.1:$port/")" = 200 ] || die "portcullis $side does not answer 200; stderr: $(cat "$d/stderr")"
-  printf -v "PID_$side" '%s' "$pid"
+  printf -v "PID_$side" '%s' "$STARTED_PID"
 }
 start A "$BIN_A" "$PORT_A" "$ADMIN_A"
 start B "$BIN_B" "$PORT_B" "$ADMIN_B"

@@ -1,4 +1,4 @@
-# Shell helpers shared by the benchmark scripts (sourced by bench/run.sh and bench/profiles.sh):
+# Shell helpers shared by the benchmark scripts (sourced by run.sh, profiles.sh, protocols.sh, ab.sh):
 # logging, the processes a script started (stopped in reverse order at exit), waiting for ports,
 # templates, and /proc readings. The sourcing script sets TMP (and KEEP_TMP) before any process
 # is started; cleanup removes TMP unless KEEP_TMP=1.
@@ -75,6 +75,19 @@ wait_port() { # port pid name logfile [soft: return 1 instead of exiting]
   cat "$4" >&2 || true
   [ "${5:-}" = soft ] && return 1
   exit 1
+}
+# run_portcullis bin dir port admin name -> STARTED_PID: bin with dir/portcullis.yaml on
+# PROXY_CORE (logs in dir), once its port is open and /readyz answers 200; dies otherwise.
+run_portcullis() {
+  local bin=$1 dir=$2 port=$3 admin=$4 name=$5 i
+  PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$bin" run -c "$dir/portcullis.yaml" >"$dir/stdout" 2>"$dir/stderr" &
+  STARTED_PID=$!; track "$STARTED_PID"
+  wait_port "$port" "$STARTED_PID" "$name" "$dir/stderr"
+  for i in $(seq 100); do
+    [ "$(curl_status "http://127.0.0.1:$admin/readyz")" = 200 ] && return 0
+    sleep 0.05
+  done
+  die "$name not ready; stderr: $(cat "$dir/stderr")"
 }
 curl_status() { # url [curl args...] -> HTTP status (000 when there was no answer)
   local url=$1

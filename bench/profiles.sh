@@ -60,15 +60,8 @@ chmod 755 "$TMP"   # nginx workers drop privileges when started as root
 
 # start_gateway dir -> GW_PID (dir/portcullis.yaml written by the caller; PORT and ADMIN set)
 start_gateway() {
-  PORTCULLIS_LOG=warn taskset -c "$PROXY_CORE" "$BIN" run -c "$1/portcullis.yaml" >"$1/stdout" 2>"$1/stderr" &
-  GW_PID=$!; track "$GW_PID"
-  wait_port "$PORT" "$GW_PID" portcullis "$1/stderr"
-  local i
-  for i in $(seq 100); do
-    [ "$(curl_status "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && return 0
-    sleep 0.05
-  done
-  die "portcullis not ready; stderr: $(cat "$1/stderr")"
+  run_portcullis "$BIN" "$1" "$PORT" "$ADMIN" portcullis
+  GW_PID=$STARTED_PID
 }
 
 # pair profile base_label base_url plugin_label plugin_url: h2load arguments of each side in the

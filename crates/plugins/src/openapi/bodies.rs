@@ -36,7 +36,8 @@ pub fn find_media<'m>(media: &'m [Media], ct: &str) -> Option<&'m Media> {
         .or_else(|| media.iter().find(|m| m.range == "*/*"))
 }
 
-fn body_failure(message: String) -> Failure {
+/// A failure of the body as a whole (no field, no pointer).
+pub(super) fn body_failure(message: String) -> Failure {
     Failure {
         loc: "body",
         name: String::new(),

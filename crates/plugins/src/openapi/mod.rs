@@ -548,12 +548,7 @@ impl Plugin for OpenApi {
                     None => {}
                 }
             } else if body.required {
-                failures.push(Failure {
-                    loc: "body",
-                    name: String::new(),
-                    pointer: String::new(),
-                    message: "the request body is required".into(),
-                });
+                failures.push(bodies::body_failure("the request body is required".into()));
             }
         }
         let flow = self.conclude(ctx, "request", failures);
@@ -606,12 +601,7 @@ impl Plugin for OpenApi {
         let mut failures = Vec::new();
         if body.is_empty() {
             if rb.required {
-                failures.push(Failure {
-                    loc: "body",
-                    name: String::new(),
-                    pointer: String::new(),
-                    message: "the request body is required".into(),
-                });
+                failures.push(bodies::body_failure("the request body is required".into()));
             }
         } else if !bodies::check_json(media, body, &mut failures) {
             // Forms and multipart bodies: the multipart reader is asynchronous.
