@@ -6,7 +6,8 @@ UPSTREAMS upstreams (all to one local echo upstream), then
   - one /metrics scrape before any traffic, and after ACTIVE routes saw a few requests each:
     bytes and series (lines that are samples);
   - RELOADS reloads through POST /admin/reload (each one a real change: one more route), the time
-    each takes as the admin API answers it, and RSS after each.
+    each takes as the admin API answers it, and RSS after each and once more SETTLE_S seconds
+    after the last.
 
 usage: config_scale.py PORTCULLIS_BINARY [ROUTES] [UPSTREAMS] [ACTIVE] [RELOADS]
 Prints key=value lines (sizes in bytes, RSS in KiB, times in ms).
@@ -19,6 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+
+
+# Seconds to wait after the last reload before the settled RSS reading.
+SETTLE_S = 3
 
 
 def free_port():
@@ -138,6 +143,12 @@ def main():
         print(f"rss_max_over_reloads_kb={max(rss)}")
         print(f"rss_growth_over_reloads_pct={(rss[-1] / rss[0] - 1) * 100:.1f}")
         print("rss_each_reload_kb=" + ",".join(str(r) for r in rss))
+        # The same figure once the allocator has had time to hand freed pages back (jemalloc
+        # does so from a background thread after `dirty_decay_ms`; glibc keeps them).
+        time.sleep(SETTLE_S)
+        settled = rss_kb(pc.pid)
+        print(f"rss_settled_after_reloads_kb={settled}")
+        print(f"rss_settled_growth_over_reloads_pct={(settled / rss[0] - 1) * 100:.1f}")
     finally:
         for p in procs:
             p.terminate()
